@@ -1,0 +1,101 @@
+"""Phoenix Channels V2 JSON frames: parse, validate and encode. No I/O.
+
+A frame is the JSON array ``[join_ref, ref, topic, event, payload]``. Replies and
+pushes are always encoded with compact separators, so the bytes a client sees are
+stable (the seed's example is compared byte for byte).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import orjson
+
+from pubsub.exceptions import ProtocolError
+
+__all__ = [
+    "Frame",
+    "PHOENIX_TOPIC",
+    "parse",
+    "encode_json",
+    "encode_reply",
+    "encode_push",
+    "encode_broadcast_tail",
+    "frame_from_tail",
+    "valid_topic",
+    "MAX_TOPIC_LENGTH",
+]
+
+PHOENIX_TOPIC = "phoenix"
+MAX_TOPIC_LENGTH = 255
+
+
+class Frame(NamedTuple):
+    """One decoded client frame."""
+
+    join_ref: str | None
+    ref: str | None
+    topic: str
+    event: str
+    payload: Any
+
+
+def encode_json(value: Any) -> str:
+    """Compact JSON as text (what a websocket text frame carries)."""
+    return orjson.dumps(value).decode()
+
+
+def parse(text: str) -> Frame:
+    """Decode one text frame, or raise ProtocolError saying what is wrong.
+
+    Like Phoenix, elements past the fifth are ignored. join_ref and ref must be
+    strings or null: the client compares them with ``===`` against strings, so a
+    number could never be matched anyway (PROTOCOL.md §4).
+    """
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("invalid JSON") from None
+    if not isinstance(value, list):
+        raise ProtocolError("frame must be a JSON array")
+    if len(value) < 5:
+        raise ProtocolError("frame must have 5 elements: [join_ref, ref, topic, event, payload]")
+    join_ref, ref, topic, event, payload = value[:5]
+    if not isinstance(topic, str):
+        raise ProtocolError("topic must be a string")
+    if not isinstance(event, str):
+        raise ProtocolError("event must be a string", join_ref=join_ref, ref=ref, topic=topic)
+    if not (join_ref is None or isinstance(join_ref, str)):
+        raise ProtocolError("join_ref must be a string or null", join_ref=join_ref, ref=ref, topic=topic)
+    if not (ref is None or isinstance(ref, str)):
+        raise ProtocolError("ref must be a string or null", join_ref=join_ref, ref=ref, topic=topic)
+    return Frame(join_ref, ref, topic, event, payload)
+
+
+def valid_topic(topic: str) -> bool:
+    """A topic is 1..255 printable characters with no whitespace."""
+    return 0 < len(topic) <= MAX_TOPIC_LENGTH and topic.isprintable() and not any(c.isspace() for c in topic)
+
+
+def encode_reply(join_ref: Any, ref: Any, topic: str, status: str, response: dict | None = None) -> str:
+    """``[join_ref, ref, topic, "phx_reply", {"status": s, "response": r}]``."""
+    return encode_json([join_ref, ref, topic, "phx_reply", {"status": status, "response": response or {}}])
+
+
+def encode_push(join_ref: str | None, topic: str, event: str, payload: dict | None = None) -> str:
+    """A server push to one channel: ``[join_ref, null, topic, event, payload]``."""
+    return encode_json([join_ref, None, topic, event, payload or {}])
+
+
+def encode_broadcast_tail(topic: str, event: str, payload: dict) -> str:
+    """Everything of a broadcast frame after its join_ref: ``,null,topic,event,payload]``.
+
+    A broadcast is encoded once; each receiver only prefixes ``[`` and its own
+    encoded join_ref (see frame_from_tail), so no subscriber costs a JSON encode.
+    """
+    return "," + encode_json([None, topic, event, payload])[1:]
+
+
+def frame_from_tail(encoded_join_ref: str, tail: str) -> str:
+    """Complete a broadcast for one receiver; encoded_join_ref is its JSON (``"1"`` or ``null``)."""
+    return "[" + encoded_join_ref + tail
