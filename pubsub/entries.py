@@ -1,0 +1,73 @@
+"""The stream entries nodes and topic servers exchange, as msgpack arrays.
+
+Inbox of a topic server (``dps:ts:{name}``):
+    ["sub", topic, node]          node holds its first local member of topic
+    ["unsub", topic, node]        node's last local member left
+    ["pub", topic, message]       a group_send; message is msgpack bytes, passed through untouched
+    ["hello", node]               node (re)started: forget what it held, it re-announces
+
+Stream of a websocket node (``dps:node:{name}``):
+    ["msg", topic, seq, message]  one per node per published message, seq per topic from 1
+    ["send", channel, message]    a send() to one channel living on this node
+    ["gadd", group, channel] / ["gdiscard", group, channel]   group changes for a channel of this node
+    ["owner", server]             a topic server (re)started: re-announce its topics
+
+The message itself is encoded once by the publisher; the owner only wraps it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from pubsub.exceptions import TransportError
+
+__all__ = ["MalformedEntry", "pack", "unpack", "pack_message", "unpack_message", "INBOX_OPS", "NODE_OPS"]
+
+# op -> number of fields after the op, with the type of each
+INBOX_OPS = {"sub": (str, str), "unsub": (str, str), "pub": (str, bytes), "hello": (str,)}
+NODE_OPS = {
+    "msg": (str, int, bytes),
+    "send": (str, bytes),
+    "gadd": (str, str),
+    "gdiscard": (str, str),
+    "owner": (str,),
+}
+
+
+class MalformedEntry(TransportError):
+    """A stream entry that is not one of the known ops; it is logged, counted and skipped."""
+
+
+def pack(*fields: Any) -> bytes:
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def unpack(data: bytes, ops: dict[str, tuple]) -> list:
+    """Decode and check one entry against the op table; raise MalformedEntry if it does not fit."""
+    try:
+        fields = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise MalformedEntry(f"undecodable entry: {exc}") from None
+    if not isinstance(fields, list) or not fields or fields[0] not in ops:
+        raise MalformedEntry(f"unknown entry: {fields!r:.80}")
+    types = ops[fields[0]]
+    if len(fields) != len(types) + 1 or not all(isinstance(v, t) for v, t in zip(fields[1:], types, strict=True)):
+        raise MalformedEntry(f"bad fields for {fields[0]!r}: {fields!r:.80}")
+    return fields
+
+
+def pack_message(message: dict) -> bytes:
+    """A Channels message (a dict with a "type") as bytes."""
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def unpack_message(data: bytes) -> dict:
+    try:
+        message = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise MalformedEntry(f"undecodable message: {exc}") from None
+    if not isinstance(message, dict):
+        raise MalformedEntry("message is not a map")
+    return message

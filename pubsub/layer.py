@@ -1,0 +1,367 @@
+"""TopicRingLayer: a Channels layer that routes every group through its owner on a hash ring.
+
+group_send(topic) is one append to the owner's inbox; the owner sequences the
+message and appends it once per websocket node holding members; this node's
+reader hands that one decoded message to every local member's mailbox. Redis
+work per publish is O(nodes), never O(subscribers).
+
+Channel names carry their node (``dps.ws-a!3f9c…``), so send() to a channel of
+another node is one append to that node's stream. Delivered messages are shared
+between the local receivers of one group_send: treat them as read-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+from channels.layers import BaseChannelLayer
+
+from pubsub import entries
+from pubsub.exceptions import ChannelFull, ConfigurationError, TransportError
+from pubsub.mailbox import Mailbox
+from pubsub.protocol import valid_topic
+from pubsub.ring import HashRing
+from pubsub.transport.base import Transport, inbox_stream, node_stream
+from pubsub.transport.memory import MemoryTransport
+
+__all__ = ["TopicRingLayer", "NODE_NAME_PATTERN"]
+
+logger = logging.getLogger(__name__)
+
+NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_READ_BATCH = 512
+_READ_BLOCK_MS = 1000
+_RETRY_DELAY = 0.5
+
+
+class TopicRingLayer(BaseChannelLayer):
+    """A drop-in Channels layer (extensions: groups, flush) backed by topic servers on a hash ring.
+
+    With no transport (no ``redis_url``) it runs embedded: an in-memory transport
+    and one in-process topic server per ring member, the same code as a cluster.
+    """
+
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        node: str = "ws-1",
+        topic_servers: Iterable[str] = ("ts-1",),
+        redis_url: str | None = None,
+        transport: Transport | None = None,
+        capacity: int = 1000,
+        expiry: int = 60,
+        channel_capacity: dict | None = None,
+        stream_maxlen: int = 100_000,
+    ):
+        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
+        if not NODE_NAME_PATTERN.match(node or ""):
+            raise ConfigurationError(
+                f"DPS_NODE={node!r} is not a valid node name: use 1-64 letters, digits, '-' or '_'."
+            )
+        self.node = node
+        self.ring = HashRing(topic_servers)
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        self.stream_maxlen = stream_maxlen
+        self.redis_url = redis_url
+        self._given_transport = transport
+        self.embedded = transport is None and redis_url is None
+        self.stats: Counter[str] = Counter()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.transport: Transport | None = None
+        self._mailboxes: dict[str, Mailbox] = {}
+        self._groups: dict[str, set[str]] = {}
+        self._last_seq: dict[str, int] = {}
+        self._announcements: dict[str, asyncio.Future] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._started: asyncio.Future | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_drop_log = 0.0
+        self.topic_servers: list = []
+
+    # Channel layer API
+
+    async def send(self, channel: str, message: dict) -> None:
+        """Queue message for channel, on this node or, by one stream entry, on its own node."""
+        self._check_message(message)
+        self.require_valid_channel_name(channel)
+        await self._ensure_started()
+        node = self.node_of(channel)
+        if node is None or node == self.node:
+            if not self._mailbox(channel).put(message):
+                self.stats["dropped"] += 1
+                raise ChannelFull(channel)
+            return
+        await self._append(node_stream(node), entries.pack("send", channel, entries.pack_message(message)))
+
+    async def receive(self, channel: str) -> dict:
+        """The next message for a channel of this node."""
+        self.require_valid_channel_name(channel)
+        await self._ensure_started()
+        mailbox = self._mailbox(channel)
+        mailbox.idle_since = None
+        return await mailbox.get()
+
+    async def new_channel(self, prefix: str = "dps.") -> str:
+        """A new channel name of this node: ``{prefix}{node}!{random}``."""
+        await self._ensure_started()
+        channel = f"{prefix}{self.node}!{secrets.token_hex(8)}"
+        self._mailbox(channel)
+        return channel
+
+    # Groups extension
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add channel to group; returns once the group's owner will route the group's next message here.
+
+        The owner learns of the node (not of the channel) when the node's first
+        local member joins; that append is ordered before any publish made after
+        this call returns, so a member never misses a message sent after its join.
+        """
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self._ensure_started()
+        node = self.node_of(channel)
+        if node is not None and node != self.node:
+            await self._append(node_stream(node), entries.pack("gadd", group, channel))
+            return
+        members = self._groups.get(group)
+        if members is None:
+            self._groups[group] = {channel}
+            await self._announce("sub", group)
+            return
+        members.add(channel)
+        pending = self._announcements.get(group)
+        if pending is not None:  # the first member's "sub" is still on its way
+            await asyncio.shield(pending)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove channel from group; the owner forgets this node when its last member leaves."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self._ensure_started()
+        node = self.node_of(channel)
+        if node is not None and node != self.node:
+            await self._append(node_stream(node), entries.pack("gdiscard", group, channel))
+            return
+        await self._leave_local(group, channel)
+
+    async def group_send(self, group: str, message: dict) -> None:
+        """One append to the group's owner, which sequences it and fans it out once per node."""
+        self.require_valid_group_name(group)
+        self._check_message(message)
+        await self._ensure_started()
+        owner = self.ring.owner(group)
+        await self._append(inbox_stream(owner), entries.pack("pub", group, entries.pack_message(message)))
+
+    # Flush extension
+
+    async def flush(self) -> None:
+        """Stop background tasks and forget every channel, group and queued message of this node."""
+        await self.close()
+
+    async def close(self) -> None:
+        """Cancel and await the background tasks, then release the transport."""
+        tasks = self._tasks
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                logger.exception("layer task %s failed while stopping", task.get_name())
+        if self.transport is not None and self._given_transport is None:
+            await self.transport.close()
+        self._reset()
+
+    # Extensions of DPS
+
+    def require_valid_group_name(self, name: str) -> bool:
+        """Groups are topics, so the names Phoenix clients use (``topics:matrix``) are valid."""
+        if not isinstance(name, str) or not valid_topic(name):
+            raise TypeError("Group name must be 1-255 printable characters without whitespace.")
+        return True
+
+    def node_of(self, channel: str) -> str | None:
+        """The node a specific channel lives on, or None for a non-specific (process-local) channel."""
+        bang = channel.find("!")
+        if bang < 0:
+            return None
+        return channel[:bang].rsplit(".", 1)[-1]
+
+    def discard_channel(self, channel: str) -> None:
+        """Forget a closed channel's mailbox now (its groups must have been left already)."""
+        self._mailboxes.pop(channel, None)
+
+    def local_members(self, group: str) -> int:
+        return len(self._groups.get(group, ()))
+
+    # Internals
+
+    def _check_message(self, message: dict) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise TypeError("A channel layer message must be a dict with a string 'type'.")
+
+    def _mailbox(self, channel: str) -> Mailbox:
+        mailbox = self._mailboxes.get(channel)
+        if mailbox is None:
+            mailbox = self._mailboxes[channel] = Mailbox(self.get_capacity(channel))
+        return mailbox
+
+    async def _append(self, stream: str, data: bytes) -> None:
+        await self.transport.append(stream, data)
+
+    async def _announce(self, op: str, group: str) -> None:
+        """Send sub/unsub for group to its owner, in the order they were decided for that group."""
+        previous = self._announcements.get(group)
+        done = asyncio.get_running_loop().create_future()
+        self._announcements[group] = done
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            await self._append(inbox_stream(self.ring.owner(group)), entries.pack(op, group, self.node))
+        finally:
+            done.set_result(None)
+            if self._announcements.get(group) is done:
+                del self._announcements[group]
+
+    async def _leave_local(self, group: str, channel: str) -> None:
+        members = self._groups.get(group)
+        if members is None or channel not in members:
+            return
+        members.discard(channel)
+        if not members:
+            del self._groups[group]
+            self._last_seq.pop(group, None)
+            await self._announce("unsub", group)
+
+    async def _ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                # A new event loop (e.g. a test's): the old loop's tasks and futures are unusable.
+                self._reset()
+            self._loop = loop
+            self._started = loop.create_future()
+            try:
+                await self._start()
+            except BaseException as exc:
+                self._started.set_exception(exc)
+                self._loop = None
+                raise
+            self._started.set_result(None)
+        elif not self._started.done():
+            await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        self.transport = self._given_transport or self._make_transport()
+        if self.embedded:
+            from topicserver.server import TopicServer
+
+            for name in self.ring.members:
+                server = TopicServer(name, self.transport)
+                ready = asyncio.Event()
+                self.topic_servers.append(server)
+                self._spawn(server.run(ready), f"dps-topic-server-{name}")
+                await ready.wait()
+        after = await self.transport.last_id(node_stream(self.node))
+        self._spawn(self._read_node_stream(after), f"dps-node-reader-{self.node}")
+        self._spawn(self._sweep_idle_channels(), f"dps-channel-sweeper-{self.node}")
+
+    def _make_transport(self) -> Transport:
+        if self.redis_url is None:
+            return MemoryTransport(maxlen=self.stream_maxlen)
+        raise ConfigurationError("DPS_REDIS_URL is set but this build has no Redis transport yet.")
+
+    def _spawn(self, coroutine, name: str) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coroutine, name=name))
+
+    async def _read_node_stream(self, after: str) -> None:
+        """This node's one reader: delivery, direct sends and remote group changes."""
+        stream = node_stream(self.node)
+        while True:
+            try:
+                batch = await self.transport.read(stream, after, _READ_BATCH, _READ_BLOCK_MS)
+            except (TransportError, OSError) as exc:
+                logger.warning("node %s: reading %s failed (%s); retrying", self.node, stream, exc)
+                await asyncio.sleep(_RETRY_DELAY)
+                continue
+            for entry_id, data in batch:
+                after = entry_id
+                try:
+                    await self._handle_node_entry(entries.unpack(data, entries.NODE_OPS))
+                except entries.MalformedEntry as exc:
+                    self.stats["malformed"] += 1
+                    logger.warning("node %s skipped entry %s: %s", self.node, entry_id, exc)
+
+    async def _handle_node_entry(self, fields: list) -> None:
+        op = fields[0]
+        if op == "msg":
+            _, topic, seq, blob = fields
+            self._deliver_to_group(topic, seq, blob)
+        elif op == "send":
+            _, channel, blob = fields
+            if not self._mailbox(channel).put(entries.unpack_message(blob)):
+                self._count_drop(channel)
+        elif op == "gadd":
+            _, group, channel = fields
+            await self.group_add(group, channel)
+        elif op == "gdiscard":
+            _, group, channel = fields
+            await self._leave_local(group, channel)
+
+    def _deliver_to_group(self, topic: str, seq: int, blob: bytes) -> None:
+        members = self._groups.get(topic)
+        if not members:
+            return
+        last = self._last_seq.get(topic)
+        if last is not None and seq != last + 1:
+            self.stats["sequence_gaps"] += 1
+            logger.warning("node %s: topic %s jumped from seq %d to %d", self.node, topic, last, seq)
+        self._last_seq[topic] = seq
+        message = entries.unpack_message(blob)
+        delivered = 0
+        for channel in members:
+            if self._mailbox(channel).put(message):
+                delivered += 1
+            else:
+                self._count_drop(channel)
+        self.stats["delivered"] += delivered
+
+    def _count_drop(self, channel: str) -> None:
+        self.stats["dropped"] += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= 1.0:
+            self._last_drop_log = now
+            logger.warning(
+                "node %s: mailbox of %s is full (capacity %d); %d messages dropped so far",
+                self.node,
+                channel,
+                self.get_capacity(channel),
+                self.stats["dropped"],
+            )
+
+    async def _sweep_idle_channels(self) -> None:
+        """Forget channels nobody has received on for `expiry` seconds, and their groups."""
+        while True:
+            await asyncio.sleep(self.expiry)
+            now = time.monotonic()
+            for channel, mailbox in list(self._mailboxes.items()):
+                if mailbox.waiters:
+                    continue
+                if mailbox.idle_since is None:
+                    mailbox.idle_since = now
+                elif now - mailbox.idle_since >= self.expiry:
+                    del self._mailboxes[channel]
+                    for group in [g for g, members in self._groups.items() if channel in members]:
+                        await self._leave_local(group, channel)

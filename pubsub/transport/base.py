@@ -1,0 +1,41 @@
+"""What the layer and the topic servers need from a byte-moving backend.
+
+Streams are append-only logs with ids that sort in append order; each has one
+reader (a node reads its own stream, a topic server its inbox). Two backends
+implement this: Redis streams (a cluster) and in-memory (the embedded default).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["Transport", "inbox_stream", "node_stream", "FIRST_ID"]
+
+FIRST_ID = "0-0"
+
+
+def inbox_stream(server: str) -> str:
+    """A topic server's inbox; the hash tag lets Redis Cluster place it by server."""
+    return f"dps:ts:{{{server}}}"
+
+
+def node_stream(node: str) -> str:
+    """A websocket node's delivery stream."""
+    return f"dps:node:{{{node}}}"
+
+
+class Transport(Protocol):
+    async def append(self, stream: str, data: bytes) -> None:
+        """Append one entry; returns once the entry is stored (ordered after every earlier append)."""
+
+    async def append_many(self, items: list[tuple[str, bytes]]) -> None:
+        """Append several entries, in order, in one round trip."""
+
+    async def last_id(self, stream: str) -> str:
+        """The id of the newest entry, or FIRST_ID; a reader starts after it."""
+
+    async def read(self, stream: str, after: str, count: int, block_ms: int) -> list[tuple[str, bytes]]:
+        """Entries after id `after`, oldest first; waits up to block_ms for the first one."""
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,220 @@
+"""The TopicRingLayer contract: what any Channels app may rely on, on every transport."""
+
+import asyncio
+
+import pytest
+
+from pubsub.exceptions import ChannelFull
+from pubsub.layer import TopicRingLayer
+from pubsub.transport.memory import MemoryTransport
+from topicserver.server import TopicServer
+
+RECEIVE_TIMEOUT = 5.0
+
+
+async def receive(layer, channel, timeout=RECEIVE_TIMEOUT):
+    try:
+        return await asyncio.wait_for(layer.receive(channel), timeout)
+    except TimeoutError:
+        raise AssertionError(f"{channel} received nothing within {timeout}s") from None
+
+
+async def assert_nothing(layer, channel, wait=0.2):
+    """Nothing queued for channel, after giving in-flight deliveries `wait` seconds to land."""
+    await asyncio.sleep(wait)
+    assert layer._mailboxes[channel].messages == type(layer._mailboxes[channel].messages)(), "unexpected message"
+
+
+class CountingTransport(MemoryTransport):
+    """The in-memory transport, counting appends per stream prefix (what Redis XADDs would be)."""
+
+    def __init__(self):
+        super().__init__()
+        self.appends = []
+
+    def _append(self, name, data):
+        self.appends.append(name)
+        super()._append(name, data)
+
+
+@pytest.fixture
+async def layer():
+    layer = TopicRingLayer(node="ws-a", topic_servers=["ts-1", "ts-2"], capacity=10)
+    yield layer
+    await layer.flush()
+
+
+@pytest.fixture
+async def two_nodes():
+    """Two nodes and two topic servers sharing one transport, as processes would share Redis."""
+    transport = CountingTransport()
+    servers = [TopicServer(name, transport) for name in ("ts-1", "ts-2")]
+    tasks = []
+    for server in servers:
+        ready = asyncio.Event()
+        tasks.append(asyncio.create_task(server.run(ready)))
+        await ready.wait()
+    layers = [TopicRingLayer(node=n, topic_servers=["ts-1", "ts-2"], transport=transport) for n in ("ws-a", "ws-b")]
+    yield layers, transport, servers
+    for layer in layers:
+        await layer.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_channel_names_carry_the_node(layer):
+    channel = await layer.new_channel()
+    assert channel.startswith("dps.ws-a!")
+    assert layer.node_of(channel) == "ws-a"
+    assert layer.node_of("specific.ws-b!abc") == "ws-b"
+    assert layer.node_of("worker") is None
+
+
+async def test_send_and_receive_in_order(layer):
+    channel = await layer.new_channel()
+    for i in range(5):
+        await layer.send(channel, {"type": "test.message", "n": i})
+    assert [(await receive(layer, channel))["n"] for _ in range(5)] == list(range(5))
+
+
+async def test_full_channel_raises_and_counts(layer):
+    channel = await layer.new_channel()
+    for i in range(10):
+        await layer.send(channel, {"type": "test.message", "n": i})
+    with pytest.raises(ChannelFull):
+        await layer.send(channel, {"type": "test.message", "n": 10})
+    assert layer.stats["dropped"] == 1
+
+
+async def test_group_send_reaches_every_member_once(layer):
+    channels = [await layer.new_channel() for _ in range(3)]
+    for channel in channels:
+        await layer.group_add("topics:matrix", channel)
+    await layer.group_send("topics:matrix", {"type": "chat.message", "text": "hi"})
+    for channel in channels:
+        assert await receive(layer, channel) == {"type": "chat.message", "text": "hi"}
+        await assert_nothing(layer, channel)
+
+
+async def test_group_discard_stops_delivery(layer):
+    stays, leaves = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("g", stays)
+    await layer.group_add("g", leaves)
+    await layer.group_discard("g", leaves)
+    await layer.group_send("g", {"type": "m"})
+    assert await receive(layer, stays) == {"type": "m"}
+    await assert_nothing(layer, leaves)
+
+
+async def test_group_order_is_publish_order(layer):
+    channel = await layer.new_channel()
+    await layer.group_add("ordered", channel)
+    for i in range(10):
+        await layer.group_send("ordered", {"type": "m", "n": i})
+    assert [(await receive(layer, channel))["n"] for _ in range(10)] == list(range(10))
+
+
+async def test_group_send_to_empty_group_is_fine(layer):
+    await layer.group_send("nobody-here", {"type": "m"})
+
+
+async def test_group_delivery_over_capacity_is_counted(layer):
+    channel = await layer.new_channel()
+    await layer.group_add("busy", channel)
+    for i in range(15):
+        await layer.group_send("busy", {"type": "m", "n": i})
+    received = [(await receive(layer, channel))["n"] for _ in range(10)]
+    assert received == list(range(10))
+    await assert_nothing(layer, channel)
+    assert layer.stats["dropped"] == 5
+
+
+@pytest.mark.parametrize("bad", ["has space", "", "x" * 256, 5])
+async def test_invalid_group_names_are_refused(layer, bad):
+    channel = await layer.new_channel()
+    with pytest.raises(TypeError):
+        await layer.group_add(bad, channel)
+
+
+@pytest.mark.parametrize("bad", [None, "text", {"no": "type"}, {"type": 5}])
+async def test_messages_must_be_typed_dicts(layer, bad):
+    with pytest.raises(TypeError):
+        await layer.group_send("g", bad)
+
+
+async def test_flush_forgets_everything(layer):
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    await layer.flush()
+    assert layer.local_members("g") == 0
+    fresh = await layer.new_channel()
+    await layer.group_add("g", fresh)
+    await layer.group_send("g", {"type": "m"})
+    assert await receive(layer, fresh) == {"type": "m"}
+
+
+async def test_cross_node_group_send_is_one_append_per_node(two_nodes):
+    (a, b), transport, _ = two_nodes
+    a_members = [await a.new_channel() for _ in range(50)]
+    b_members = [await b.new_channel() for _ in range(50)]
+    for channel in a_members:
+        await a.group_add("room:1", channel)
+    for channel in b_members:
+        await b.group_add("room:1", channel)
+    transport.appends.clear()
+    await a.group_send("room:1", {"type": "m", "text": "hello"})
+    for layer, members in ((a, a_members), (b, b_members)):
+        for channel in members:
+            assert await receive(layer, channel) == {"type": "m", "text": "hello"}
+    inbox = [s for s in transport.appends if s.startswith("dps:ts:")]
+    nodes = sorted(s for s in transport.appends if s.startswith("dps:node:"))
+    assert inbox == [f"dps:ts:{{{a.ring.owner('room:1')}}}"]
+    assert nodes == ["dps:node:{ws-a}", "dps:node:{ws-b}"]
+
+
+async def test_owner_stamps_sequence_numbers(two_nodes):
+    (a, b), _, servers = two_nodes
+    channel = await b.new_channel()
+    await b.group_add("seq", channel)
+    for _ in range(3):
+        await a.group_send("seq", {"type": "m"})
+    for _ in range(3):
+        await receive(b, channel)
+    owner = next(s for s in servers if s.name == a.ring.owner("seq"))
+    assert owner.sequences["seq"] == 3
+    assert b.stats["sequence_gaps"] == 0
+
+
+async def test_send_to_a_channel_of_another_node(two_nodes):
+    (a, b), transport, _ = two_nodes
+    channel = await b.new_channel()
+    await a.send(channel, {"type": "direct", "x": 1})
+    assert await receive(b, channel) == {"type": "direct", "x": 1}
+
+
+async def test_group_add_of_another_nodes_channel(two_nodes):
+    (a, b), _, _ = two_nodes
+    channel = await b.new_channel()
+    await a.group_add("remote", channel)
+    await asyncio.wait_for(_until(lambda: b.local_members("remote") == 1), RECEIVE_TIMEOUT)
+    await a.group_send("remote", {"type": "m"})
+    assert await receive(b, channel) == {"type": "m"}
+
+
+async def test_last_member_leaving_unsubscribes_the_node(two_nodes):
+    (a, b), transport, servers = two_nodes
+    channel = await b.new_channel()
+    await b.group_add("bye", channel)
+    await b.group_discard("bye", channel)
+    owner = next(s for s in servers if s.name == a.ring.owner("bye"))
+    await asyncio.wait_for(_until(lambda: "bye" not in owner.topics), RECEIVE_TIMEOUT)
+    transport.appends.clear()
+    await a.group_send("bye", {"type": "m"})
+    await asyncio.sleep(0.1)
+    assert not [s for s in transport.appends if s.startswith("dps:node:")]
+
+
+async def _until(predicate, interval=0.01):
+    while not predicate():
+        await asyncio.sleep(interval)

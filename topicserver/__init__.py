@@ -1,0 +1,1 @@
+"""Topic servers: the owners of topics on the ring (``manage.py runtopicserver``)."""
