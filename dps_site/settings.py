@@ -1,0 +1,125 @@
+"""Django settings for DPS. Every DPS_* environment variable is read here, and only here."""
+
+import os
+from pathlib import Path
+
+from pubsub.exceptions import ConfigurationError
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Defaults, as named constants (README "Configuration" lists them).
+DEFAULT_NODE = "ws-1"
+DEFAULT_TOPIC_SERVERS = "ts-1"
+DEFAULT_MAX_FRAME_BYTES = 65536
+DEFAULT_MAX_CHANNELS = 100
+DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_CHANNEL_CAPACITY = 1000
+DEFAULT_STREAM_MAXLEN = 100_000
+DEFAULT_JOIN_AUTHORIZER = "pubsub.authorization.allow_all"
+
+
+def _env_number(name, default, kind=int):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number; unset it or give a {kind.__name__}.") from None
+
+
+def _env_list(name, default):
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DPS_NODE = os.environ.get("DPS_NODE", DEFAULT_NODE)
+DPS_TOPIC_SERVERS = _env_list("DPS_TOPIC_SERVERS", DEFAULT_TOPIC_SERVERS)
+DPS_REDIS_URL = os.environ.get("DPS_REDIS_URL") or None
+DPS_MAX_FRAME_BYTES = _env_number("DPS_MAX_FRAME_BYTES", DEFAULT_MAX_FRAME_BYTES)
+DPS_MAX_CHANNELS = _env_number("DPS_MAX_CHANNELS", DEFAULT_MAX_CHANNELS)
+DPS_IDLE_TIMEOUT = _env_number("DPS_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT, float)
+DPS_CHANNEL_CAPACITY = _env_number("DPS_CHANNEL_CAPACITY", DEFAULT_CHANNEL_CAPACITY)
+DPS_STREAM_MAXLEN = _env_number("DPS_STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN)
+DPS_JOIN_AUTHORIZER = os.environ.get("DPS_JOIN_AUTHORIZER", DEFAULT_JOIN_AUTHORIZER)
+
+SECRET_KEY = os.environ.get("DPS_SECRET_KEY", "dps-insecure-development-key-set-DPS_SECRET_KEY-in-production")
+DEBUG = os.environ.get("DPS_DEBUG", "") == "1"
+ALLOWED_HOSTS = _env_list("DPS_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "pubsub",
+    "topicserver",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "dps_site.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+ASGI_APPLICATION = "dps_site.asgi.application"
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("DPS_SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+STATIC_URL = "static/"
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "pubsub.layer.TopicRingLayer",
+        "CONFIG": {
+            "node": DPS_NODE,
+            "topic_servers": DPS_TOPIC_SERVERS,
+            "redis_url": DPS_REDIS_URL,
+            "capacity": DPS_CHANNEL_CAPACITY,
+            "stream_maxlen": DPS_STREAM_MAXLEN,
+        },
+    }
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "pubsub": {"handlers": ["console"], "level": os.environ.get("DPS_LOG_LEVEL", "INFO"), "propagate": False},
+        "topicserver": {
+            "handlers": ["console"],
+            "level": os.environ.get("DPS_LOG_LEVEL", "INFO"),
+            "propagate": False,
+        },
+    },
+}
