@@ -4,9 +4,13 @@ import asyncio
 
 import pytest
 
-from pubsub.exceptions import ChannelFull
+from pubsub import entries
+from pubsub.exceptions import ChannelFull, TransportError
 from pubsub.layer import TopicRingLayer
+from pubsub.transport.base import inbox_stream, node_stream
 from pubsub.transport.memory import MemoryTransport
+from pubsub.transport.redis import RedisTransport
+from tests.processes import RedisServer
 from topicserver.server import TopicServer
 
 RECEIVE_TIMEOUT = 5.0
@@ -25,42 +29,96 @@ async def assert_nothing(layer, channel, wait=0.2):
     assert layer._mailboxes[channel].messages == type(layer._mailboxes[channel].messages)(), "unexpected message"
 
 
-class CountingTransport(MemoryTransport):
-    """The in-memory transport, counting appends per stream prefix (what Redis XADDs would be)."""
+class CountingTransport:
+    """A real transport, counting the streams it appends to (what Redis XADDs would be)."""
 
-    def __init__(self):
-        super().__init__()
-        self.appends = []
+    def __init__(self, transport, appends):
+        self.transport = transport
+        self.appends = appends
 
-    def _append(self, name, data):
-        self.appends.append(name)
-        super()._append(name, data)
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+    async def append(self, stream, data):
+        self.appends.append(stream)
+        await self.transport.append(stream, data)
+
+    async def append_many(self, items):
+        self.appends.extend(stream for stream, _ in items)
+        await self.transport.append_many(items)
+
+
+@pytest.fixture(scope="module")
+def module_redis():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_transport(request):
+    """Transports of one kind: every process gets its own, as separate processes would."""
+    if request.param == "memory":
+        shared = MemoryTransport()
+        return lambda: shared
+    redis = request.getfixturevalue("module_redis")
+    with redis.client() as client:
+        client.flushall()
+    return lambda: RedisTransport(redis.url)
 
 
 @pytest.fixture
-async def layer():
-    layer = TopicRingLayer(node="ws-a", topic_servers=["ts-1", "ts-2"], capacity=10)
-    yield layer
-    await layer.flush()
+async def cluster(make_transport):
+    """Start topic servers and node layers over the transport; stop everything at teardown."""
+    tasks, layers, transports, appends = [], [], [], []
 
+    async def start(nodes=("ws-a",), servers=("ts-1", "ts-2"), capacity=1000):
+        topic_servers = []
+        for name in servers:
+            transport = CountingTransport(make_transport(), appends)
+            transports.append(transport.transport)
+            server = TopicServer(name, transport)
+            ready = asyncio.Event()
+            tasks.append(asyncio.create_task(server.run(ready)))
+            await ready.wait()
+            topic_servers.append(server)
+        counting = CountingTransport(make_transport(), appends)
+        transports.append(counting.transport)
+        for node in nodes:
+            layers.append(TopicRingLayer(node=node, topic_servers=servers, transport=counting, capacity=capacity))
+        return layers[-len(nodes) :], counting, topic_servers
 
-@pytest.fixture
-async def two_nodes():
-    """Two nodes and two topic servers sharing one transport, as processes would share Redis."""
-    transport = CountingTransport()
-    servers = [TopicServer(name, transport) for name in ("ts-1", "ts-2")]
-    tasks = []
-    for server in servers:
-        ready = asyncio.Event()
-        tasks.append(asyncio.create_task(server.run(ready)))
-        await ready.wait()
-    layers = [TopicRingLayer(node=n, topic_servers=["ts-1", "ts-2"], transport=transport) for n in ("ws-a", "ws-b")]
-    yield layers, transport, servers
+    yield start
     for layer in layers:
         await layer.close()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    for transport in {id(t): t for t in transports}.values():
+        await transport.close()
+
+
+@pytest.fixture
+async def layer(cluster):
+    (layer,), _, _ = await cluster(capacity=10)
+    return layer
+
+
+@pytest.fixture
+async def two_nodes(cluster):
+    return await cluster(nodes=("ws-a", "ws-b"))
+
+
+async def test_embedded_layer_runs_its_own_topic_servers():
+    layer = TopicRingLayer(node="solo", topic_servers=["ts-1", "ts-2"])
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("topics:matrix", channel)
+        await layer.group_send("topics:matrix", {"type": "m"})
+        assert await receive(layer, channel) == {"type": "m"}
+        assert sorted(server.name for server in layer.topic_servers) == ["ts-1", "ts-2"]
+    finally:
+        await layer.close()
 
 
 async def test_channel_names_carry_the_node(layer):
@@ -124,6 +182,8 @@ async def test_group_delivery_over_capacity_is_counted(layer):
     await layer.group_add("busy", channel)
     for i in range(15):
         await layer.group_send("busy", {"type": "m", "n": i})
+    settled = lambda: layer.stats["delivered"] + layer.stats["dropped"] == 15  # noqa: E731
+    await asyncio.wait_for(_until(settled), RECEIVE_TIMEOUT)
     received = [(await receive(layer, channel))["n"] for _ in range(10)]
     assert received == list(range(10))
     await assert_nothing(layer, channel)
@@ -194,10 +254,12 @@ async def test_send_to_a_channel_of_another_node(two_nodes):
 
 
 async def test_group_add_of_another_nodes_channel(two_nodes):
-    (a, b), _, _ = two_nodes
+    """Adding another node's channel is forwarded to that node, and takes effect shortly after."""
+    (a, b), _, servers = two_nodes
     channel = await b.new_channel()
     await a.group_add("remote", channel)
-    await asyncio.wait_for(_until(lambda: b.local_members("remote") == 1), RECEIVE_TIMEOUT)
+    owner = next(s for s in servers if s.name == a.ring.owner("remote"))
+    await asyncio.wait_for(_until(lambda: "ws-b" in owner.topics.get("remote", ())), RECEIVE_TIMEOUT)
     await a.group_send("remote", {"type": "m"})
     assert await receive(b, channel) == {"type": "m"}
 
@@ -218,3 +280,52 @@ async def test_last_member_leaving_unsubscribes_the_node(two_nodes):
 async def _until(predicate, interval=0.01):
     while not predicate():
         await asyncio.sleep(interval)
+
+
+async def test_malformed_entries_are_counted_and_skipped(two_nodes):
+    (a, b), transport, servers = two_nodes
+    channel = await b.new_channel()
+    await b.group_add("sturdy", channel)
+    owner = next(s for s in servers if s.name == a.ring.owner("sturdy"))
+    for garbage in (b"not msgpack \xc1", entries.pack("nonsense", 1), entries.pack("msg", "sturdy", "seq?", b"")):
+        await transport.append(node_stream("ws-b"), garbage)
+        await transport.append(inbox_stream(owner.name), garbage)
+    await a.group_send("sturdy", {"type": "m"})
+    assert await receive(b, channel) == {"type": "m"}
+    assert b.stats["malformed"] == 3
+    await asyncio.wait_for(_until(lambda: owner.stats["malformed"] == 3), RECEIVE_TIMEOUT)
+
+
+async def test_readers_resume_after_redis_restarts():
+    redis = RedisServer()
+    transports = [RedisTransport(redis.url), RedisTransport(redis.url)]
+    server = TopicServer("ts-1", transports[0])
+    ready = asyncio.Event()
+    task = asyncio.create_task(server.run(ready))
+    layer = TopicRingLayer(node="ws-a", topic_servers=["ts-1"], transport=transports[1])
+    try:
+        await ready.wait()
+        channel = await layer.new_channel()
+        await layer.group_add("survivor", channel)
+        await layer.group_send("survivor", {"type": "m", "n": 1})
+        assert (await receive(layer, channel))["n"] == 1
+        redis.stop()
+        await asyncio.sleep(0.5)  # both readers fail and retry meanwhile
+        redis = RedisServer(port=redis.port)  # empty: Redis here keeps nothing on disk
+        # The owner still holds the membership; stream ids are times, so "after the last id" still works.
+        deadline = asyncio.get_running_loop().time() + RECEIVE_TIMEOUT
+        while True:
+            try:
+                await layer.group_send("survivor", {"type": "m", "n": 2})
+                break
+            except TransportError:
+                assert asyncio.get_running_loop().time() < deadline, "publishing never recovered"
+                await asyncio.sleep(0.1)
+        assert (await receive(layer, channel))["n"] == 2
+    finally:
+        await layer.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for transport in transports:
+            await transport.close()
+        redis.stop()

@@ -37,5 +37,14 @@ class Transport(Protocol):
     async def read(self, stream: str, after: str, count: int, block_ms: int) -> list[tuple[str, bytes]]:
         """Entries after id `after`, oldest first; waits up to block_ms for the first one."""
 
+    async def heartbeat(self, kind: str, name: str) -> None:
+        """Record that the process `name` of `kind` ("node" or "topicserver") is alive now."""
+
+    async def live(self, kind: str, ttl: float) -> dict[str, float]:
+        """Processes of `kind` that sent a heartbeat within ttl seconds: name -> unix time of it."""
+
+    async def forget(self, kind: str, name: str) -> None:
+        """Remove a process that stops cleanly from the registry."""
+
     async def close(self) -> None:
         """Release connections."""

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import time
 from collections import deque
 
 from pubsub.transport.base import FIRST_ID
 
 __all__ = ["MemoryTransport"]
-
-logger = logging.getLogger(__name__)
 
 
 def _wake(waiter: asyncio.Future) -> None:
@@ -33,6 +31,7 @@ class MemoryTransport:
     def __init__(self, maxlen: int = 100_000):
         self.maxlen = maxlen
         self._streams: dict[str, _Stream] = {}
+        self._registry: dict[tuple[str, str], float] = {}
 
     def _stream(self, name: str) -> _Stream:
         stream = self._streams.get(name)
@@ -83,5 +82,16 @@ class MemoryTransport:
             out.append((f"{number}-0", data))
         return out
 
+    async def heartbeat(self, kind: str, name: str) -> None:
+        self._registry[kind, name] = time.time()
+
+    async def live(self, kind: str, ttl: float) -> dict[str, float]:
+        oldest = time.time() - ttl
+        return {name: seen for (k, name), seen in self._registry.items() if k == kind and seen >= oldest}
+
+    async def forget(self, kind: str, name: str) -> None:
+        self._registry.pop((kind, name), None)
+
     async def close(self) -> None:
         self._streams.clear()
+        self._registry.clear()

@@ -1,0 +1,123 @@
+"""The Redis streams transport: one stream per topic server inbox and per websocket node.
+
+Writes share one small connection pool per process (never a connection per
+socket: redis-py's default pool of 100 turned 1,000 simultaneous handshakes into
+HTTP 500s with channels_redis). Each blocking reader gets its own connection
+with no socket timeout, because redis-py 8's default 5 s timeout would break an
+``XREAD BLOCK`` (channels_redis#422); the block itself bounds the wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from pubsub.exceptions import TransportError
+from pubsub.transport.base import FIRST_ID
+
+__all__ = ["RedisTransport", "REGISTRY_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+_FIELD = b"d"
+_WRITE_POOL_SIZE = 16
+_CONNECT_TIMEOUT = 5.0
+_WRITE_TIMEOUT = 10.0
+
+# Liveness registries: sorted sets, member = name, score = last heartbeat (unix seconds).
+REGISTRY_KEYS = {"node": "dps:nodes", "topicserver": "dps:topicservers"}
+
+
+class RedisTransport:
+    """Streams over Redis (>= 6.2): XADD with ``MAXLEN ~``, XREAD BLOCK, liveness in sorted sets."""
+
+    def __init__(self, url: str, maxlen: int = 100_000):
+        self.url = url
+        self.maxlen = maxlen
+        self._writer = aioredis.Redis.from_url(
+            url,
+            max_connections=_WRITE_POOL_SIZE,
+            socket_timeout=_WRITE_TIMEOUT,
+            socket_connect_timeout=_CONNECT_TIMEOUT,
+        )
+        self._readers: dict[str, aioredis.Redis] = {}
+
+    def _reader(self, stream: str) -> aioredis.Redis:
+        reader = self._readers.get(stream)
+        if reader is None:
+            reader = self._readers[stream] = aioredis.Redis.from_url(
+                self.url, max_connections=1, socket_timeout=None, socket_connect_timeout=_CONNECT_TIMEOUT
+            )
+        return reader
+
+    async def ping(self) -> None:
+        try:
+            await self._writer.ping()
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"Redis at {self.url} is unreachable: {exc}") from exc
+
+    async def append(self, stream: str, data: bytes) -> None:
+        try:
+            await self._writer.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"XADD {stream} failed: {exc}") from exc
+
+    async def append_many(self, items: list[tuple[str, bytes]]) -> None:
+        try:
+            async with self._writer.pipeline(transaction=False) as pipe:
+                for stream, data in items:
+                    pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"pipelined XADD of {len(items)} entries failed: {exc}") from exc
+
+    async def last_id(self, stream: str) -> str:
+        try:
+            newest = await self._writer.xrevrange(stream, count=1)
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"XREVRANGE {stream} failed: {exc}") from exc
+        return newest[0][0].decode() if newest else FIRST_ID
+
+    async def read(self, stream: str, after: str, count: int, block_ms: int) -> list[tuple[str, bytes]]:
+        try:
+            reply = await self._reader(stream).xread({stream: after}, count=count, block=block_ms or None)
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"XREAD {stream} failed: {exc}") from exc
+        if not reply:
+            return []
+        out = []
+        for entry_id, fields in reply[0][1]:
+            data = fields.get(_FIELD)
+            out.append((entry_id.decode(), data if data is not None else b""))
+        return out
+
+    # Liveness
+
+    async def heartbeat(self, kind: str, name: str) -> None:
+        try:
+            await self._writer.zadd(REGISTRY_KEYS[kind], {name: time.time()})
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"heartbeat of {kind} {name} failed: {exc}") from exc
+
+    async def live(self, kind: str, ttl: float) -> dict[str, float]:
+        """Names of that kind seen within ttl seconds, with their last heartbeat."""
+        try:
+            rows = await self._writer.zrangebyscore(REGISTRY_KEYS[kind], time.time() - ttl, "+inf", withscores=True)
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"reading the {kind} registry failed: {exc}") from exc
+        return {name.decode(): score for name, score in rows}
+
+    async def forget(self, kind: str, name: str) -> None:
+        """Take name out of the registry (a clean shutdown), so nobody waits for its TTL."""
+        try:
+            await self._writer.zrem(REGISTRY_KEYS[kind], name)
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"unregistering {kind} {name} failed: {exc}") from exc
+
+    async def close(self) -> None:
+        for client in [self._writer, *self._readers.values()]:
+            await client.aclose()
+        self._readers.clear()
