@@ -16,6 +16,7 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_CHANNEL_CAPACITY = 1000
 DEFAULT_STREAM_MAXLEN = 100_000
 DEFAULT_JOIN_AUTHORIZER = "pubsub.authorization.allow_all"
+DEFAULT_LIVENESS_TTL = 5.0
 
 
 def _env_number(name, default, kind=int):
@@ -41,6 +42,7 @@ DPS_IDLE_TIMEOUT = _env_number("DPS_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT, float)
 DPS_CHANNEL_CAPACITY = _env_number("DPS_CHANNEL_CAPACITY", DEFAULT_CHANNEL_CAPACITY)
 DPS_STREAM_MAXLEN = _env_number("DPS_STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN)
 DPS_JOIN_AUTHORIZER = os.environ.get("DPS_JOIN_AUTHORIZER", DEFAULT_JOIN_AUTHORIZER)
+DPS_LIVENESS_TTL = _env_number("DPS_LIVENESS_TTL", DEFAULT_LIVENESS_TTL, float)
 
 SECRET_KEY = os.environ.get("DPS_SECRET_KEY", "dps-insecure-development-key-set-DPS_SECRET_KEY-in-production")
 DEBUG = os.environ.get("DPS_DEBUG", "") == "1"
@@ -105,6 +107,7 @@ CHANNEL_LAYERS = {
             "redis_url": DPS_REDIS_URL,
             "capacity": DPS_CHANNEL_CAPACITY,
             "stream_maxlen": DPS_STREAM_MAXLEN,
+            "liveness_ttl": DPS_LIVENESS_TTL,
         },
     }
 }

@@ -59,6 +59,7 @@ class TopicRingLayer(BaseChannelLayer):
         expiry: int = 60,
         channel_capacity: dict | None = None,
         stream_maxlen: int = 100_000,
+        liveness_ttl: float = 5.0,
     ):
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
         if not NODE_NAME_PATTERN.match(node or ""):
@@ -69,6 +70,7 @@ class TopicRingLayer(BaseChannelLayer):
         self.ring = HashRing(topic_servers)
         self.channel_capacity = self.compile_capacities(channel_capacity or {})
         self.stream_maxlen = stream_maxlen
+        self.liveness_ttl = liveness_ttl
         self.redis_url = redis_url
         self._given_transport = transport
         self.embedded = transport is None and redis_url is None
@@ -125,6 +127,7 @@ class TopicRingLayer(BaseChannelLayer):
         The owner learns of the node (not of the channel) when the node's first
         local member joins; that append is ordered before any publish made after
         this call returns, so a member never misses a message sent after its join.
+        A channel of another node is added by that node, shortly after this returns.
         """
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
@@ -199,6 +202,23 @@ class TopicRingLayer(BaseChannelLayer):
             return None
         return channel[:bang].rsplit(".", 1)[-1]
 
+    def check(self) -> None:
+        """Fail at process start, naming the setting, if Redis is configured but unreachable."""
+        if self.redis_url is None:
+            return
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=3, socket_timeout=3)
+        try:
+            client.ping()
+        except (redis.RedisError, OSError) as exc:
+            raise ConfigurationError(
+                f"DPS_REDIS_URL={self.redis_url!r}: Redis is unreachable ({exc}). "
+                "Start Redis there, or unset DPS_REDIS_URL for the embedded single-process mode."
+            ) from None
+        finally:
+            client.close()
+
     def discard_channel(self, channel: str) -> None:
         """Forget a closed channel's mailbox now (its groups must have been left already)."""
         self._mailboxes.pop(channel, None)
@@ -269,19 +289,26 @@ class TopicRingLayer(BaseChannelLayer):
             from topicserver.server import TopicServer
 
             for name in self.ring.members:
-                server = TopicServer(name, self.transport)
+                server = TopicServer(name, self.transport, liveness_ttl=self.liveness_ttl)
                 ready = asyncio.Event()
                 self.topic_servers.append(server)
                 self._spawn(server.run(ready), f"dps-topic-server-{name}")
                 await ready.wait()
         after = await self.transport.last_id(node_stream(self.node))
         self._spawn(self._read_node_stream(after), f"dps-node-reader-{self.node}")
+        await self.transport.heartbeat("node", self.node)
+        # A node of this name may have died holding memberships: owners forget them first.
+        hello = entries.pack("hello", self.node)
+        await self.transport.append_many([(inbox_stream(server), hello) for server in self.ring.members])
+        self._spawn(self._keep_alive(), f"dps-keep-alive-{self.node}")
         self._spawn(self._sweep_idle_channels(), f"dps-channel-sweeper-{self.node}")
 
     def _make_transport(self) -> Transport:
         if self.redis_url is None:
             return MemoryTransport(maxlen=self.stream_maxlen)
-        raise ConfigurationError("DPS_REDIS_URL is set but this build has no Redis transport yet.")
+        from pubsub.transport.redis import RedisTransport
+
+        return RedisTransport(self.redis_url, maxlen=self.stream_maxlen)
 
     def _spawn(self, coroutine, name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coroutine, name=name))
@@ -292,7 +319,7 @@ class TopicRingLayer(BaseChannelLayer):
         while True:
             try:
                 batch = await self.transport.read(stream, after, _READ_BATCH, _READ_BLOCK_MS)
-            except (TransportError, OSError) as exc:
+            except TransportError as exc:
                 logger.warning("node %s: reading %s failed (%s); retrying", self.node, stream, exc)
                 await asyncio.sleep(_RETRY_DELAY)
                 continue
@@ -303,6 +330,8 @@ class TopicRingLayer(BaseChannelLayer):
                 except entries.MalformedEntry as exc:
                     self.stats["malformed"] += 1
                     logger.warning("node %s skipped entry %s: %s", self.node, entry_id, exc)
+                except Exception:
+                    logger.exception("node %s failed on entry %s; carrying on", self.node, entry_id)
 
     async def _handle_node_entry(self, fields: list) -> None:
         op = fields[0]
@@ -319,15 +348,40 @@ class TopicRingLayer(BaseChannelLayer):
         elif op == "gdiscard":
             _, group, channel = fields
             await self._leave_local(group, channel)
+        elif op == "owner":
+            await self._reannounce(fields[1])
+
+    async def _reannounce(self, server: str) -> None:
+        """A topic server (re)started: tell it again which of its topics this node holds."""
+        groups = [group for group in self._groups if self.ring.owner(group) == server]
+        for group in groups:
+            self._last_seq.pop(group, None)  # its sequence numbers start again
+        if groups:
+            logger.info("node %s: re-announcing %d topics to %s", self.node, len(groups), server)
+            await self.transport.append_many(
+                [(inbox_stream(server), entries.pack("sub", group, self.node)) for group in groups]
+            )
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self.liveness_ttl / 3)
+            try:
+                await self.transport.heartbeat("node", self.node)
+            except TransportError as exc:
+                logger.warning("node %s: heartbeat failed: %s", self.node, exc)
 
     def _deliver_to_group(self, topic: str, seq: int, blob: bytes) -> None:
         members = self._groups.get(topic)
         if not members:
             return
         last = self._last_seq.get(topic)
-        if last is not None and seq != last + 1:
-            self.stats["sequence_gaps"] += 1
-            logger.warning("node %s: topic %s jumped from seq %d to %d", self.node, topic, last, seq)
+        if last is not None:
+            if seq <= last:  # a retried append of the owner's: already delivered
+                self.stats["duplicates"] += 1
+                return
+            if seq != last + 1:
+                self.stats["sequence_gaps"] += 1
+                logger.warning("node %s: topic %s jumped from seq %d to %d", self.node, topic, last, seq)
         self._last_seq[topic] = seq
         message = entries.unpack_message(blob)
         delivered = 0

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.processes import DaphneNode
+from tests.processes import DaphneNode, RedisServer, TopicServerProcess
 
 
 @pytest.fixture
@@ -24,3 +24,64 @@ def daphne_factory():
     yield start
     for node in started:
         node.stop()
+
+
+@pytest.fixture
+def redis_server():
+    """A private redis-server for one test; never the machine's 6379."""
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+class Cluster:
+    """redis-server, topic servers and daphne nodes as real processes; stop() ends them all."""
+
+    def __init__(self, topic_servers=("ts-1", "ts-2"), nodes=("ws-a", "ws-b"), **settings):
+        self.redis = RedisServer()
+        self.settings = {"DPS_TOPIC_SERVERS": ",".join(topic_servers), "DPS_REDIS_URL": self.redis.url, **settings}
+        self.topic_servers = {}
+        self.nodes = {}
+        try:
+            for name in topic_servers:
+                self.start_topic_server(name)
+            for name in nodes:
+                self.start_node(name)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_topic_server(self, name):
+        self.topic_servers[name] = TopicServerProcess(name, self.redis, **self.settings)
+        return self.topic_servers[name]
+
+    def start_node(self, name, application="dps_site.asgi:application"):
+        self.nodes[name] = DaphneNode(application, DPS_NODE=name, **self.settings)
+        return self.nodes[name]
+
+    def stop(self):
+        for process in [*self.nodes.values(), *self.topic_servers.values()]:
+            process.stop()
+        self.redis.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """2 topic servers and 2 daphne nodes over a private Redis, shared by a module's tests."""
+    started = Cluster()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def cluster_factory():
+    """Clusters a test may break (kill, restart); all are stopped at teardown."""
+    started = []
+
+    def start(**kwargs):
+        started.append(Cluster(**kwargs))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.stop()

@@ -70,13 +70,56 @@ def dps_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+class RedisServer(ManagedProcess):
+    """A private ``redis-server`` on a free loopback port, keeping nothing on disk."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        super().__init__(
+            ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+            dict(os.environ),
+            f"redis-{self.port}",
+        )
+        wait_for_port(self.port, self.process, self.log)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def client(self):
+        import redis
+
+        return redis.Redis(host=HOST, port=self.port)
+
+
+class TopicServerProcess(ManagedProcess):
+    """``manage.py runtopicserver --name NAME``; ready once it has registered in Redis."""
+
+    def __init__(self, name: str, redis: RedisServer, **settings: str):
+        self.server_name = name
+        launched = time.time()
+        super().__init__(
+            [sys.executable, "manage.py", "runtopicserver", "--name", name],
+            dps_env(**{"DPS_REDIS_URL": redis.url, **settings}),
+            f"ts-{name}",
+        )
+        client = redis.client()
+        deadline = time.monotonic() + START_TIMEOUT
+        while (client.zscore("dps:topicservers", name) or 0) < launched:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"topic server {name} did not register:\n{self.output()}")
+            time.sleep(0.05)
+        client.close()
+
+
 class DaphneNode(ManagedProcess):
     """``daphne dps_site.asgi:application`` on a free loopback port."""
 
-    def __init__(self, **settings: str):
+    def __init__(self, application: str = "dps_site.asgi:application", **settings: str):
         self.port = free_port()
         super().__init__(
-            [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(self.port), "dps_site.asgi:application"],
+            [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(self.port), application],
             dps_env(**settings),
             f"daphne-{self.port}",
         )

@@ -5,6 +5,11 @@ published message with the topic's next sequence number and appends it once per
 node that holds members (not once per subscriber), all appends of one inbox
 batch going out in one pipelined round trip. Per topic, messages leave in
 sequence order. No Django views here; the runtopicserver command wraps it.
+
+Liveness: it renews its own heartbeat, and forgets the memberships of nodes
+whose heartbeat is older than the TTL (a node killed with -9 leaves no ghosts).
+When it starts, it tells every live node, which re-announce the topics they
+hold that it owns, so a restarted server gets its membership back.
 """
 
 from __future__ import annotations
@@ -14,34 +19,63 @@ import logging
 from collections import Counter
 
 from pubsub import entries
+from pubsub.exceptions import TransportError
 from pubsub.transport.base import Transport, inbox_stream, node_stream
 
 __all__ = ["TopicServer"]
 
 logger = logging.getLogger(__name__)
 
+_RETRY_DELAY = 0.5
+_SEND_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # about 3 s of trying
+
 
 class TopicServer:
     """Membership and fan-out for one ring member."""
 
-    def __init__(self, name: str, transport: Transport, *, batch_size: int = 512, block_ms: int = 1000):
+    def __init__(
+        self,
+        name: str,
+        transport: Transport,
+        *,
+        liveness_ttl: float = 5.0,
+        batch_size: int = 512,
+        block_ms: int = 1000,
+    ):
         self.name = name
         self.transport = transport
+        self.liveness_ttl = liveness_ttl
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.inbox = inbox_stream(name)
-        self.topics: dict[str, set[str]] = {}
+        self.topics: dict[str, set[str]] = {}  # topic -> nodes holding members
+        self.node_topics: dict[str, set[str]] = {}  # node -> its topics here (the inverse index)
         self.sequences: dict[str, int] = {}
         self.stats: Counter[str] = Counter()
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        """Read the inbox until cancelled; a bad entry is logged and skipped, never fatal."""
+        """Serve until cancelled; a bad entry or a lost connection is logged, never fatal."""
+        await self.transport.heartbeat("topicserver", self.name)
         last_id = await self.transport.last_id(self.inbox)
+        await self._claim_ownership()
         logger.info("topic server %s reading %s after %s", self.name, self.inbox, last_id)
         if ready is not None:
             ready.set()
+        keep_alive = asyncio.get_running_loop().create_task(self._keep_alive(), name=f"dps-keep-alive-{self.name}")
+        try:
+            await self._read_inbox(last_id)
+        finally:
+            keep_alive.cancel()
+            await asyncio.gather(keep_alive, return_exceptions=True)
+
+    async def _read_inbox(self, last_id: str) -> None:
         while True:
-            batch = await self.transport.read(self.inbox, last_id, self.batch_size, self.block_ms)
+            try:
+                batch = await self.transport.read(self.inbox, last_id, self.batch_size, self.block_ms)
+            except TransportError as exc:
+                logger.warning("topic server %s: reading its inbox failed (%s); retrying", self.name, exc)
+                await asyncio.sleep(_RETRY_DELAY)
+                continue
             if not batch:
                 continue
             last_id = batch[-1][0]
@@ -52,8 +86,45 @@ class TopicServer:
                 except entries.MalformedEntry as exc:
                     self.stats["malformed"] += 1
                     logger.warning("topic server %s skipped entry %s: %s", self.name, entry_id, exc)
+                except Exception:
+                    logger.exception("topic server %s failed on entry %s; carrying on", self.name, entry_id)
             if outgoing:
+                await self._send(outgoing)
+
+    async def _send(self, outgoing: list[tuple[str, bytes]]) -> None:
+        """Append the batch's node entries, retrying a while; a retry may repeat entries, which
+        nodes drop by sequence number. What still fails is counted, logged, and seen as a gap."""
+        for delay in _SEND_RETRY_DELAYS:
+            try:
                 await self.transport.append_many(outgoing)
+                return
+            except TransportError as exc:
+                error = exc
+                await asyncio.sleep(delay)
+        self.stats["lost_node_messages"] += len(outgoing)
+        logger.error("topic server %s lost %d node messages: %s", self.name, len(outgoing), error)
+
+    async def _claim_ownership(self) -> None:
+        """Ask every live node to re-announce the topics it holds that this server owns."""
+        nodes = await self.transport.live("node", self.liveness_ttl)
+        if nodes:
+            announcement = entries.pack("owner", self.name)
+            await self.transport.append_many([(node_stream(node), announcement) for node in nodes])
+
+    async def _keep_alive(self) -> None:
+        """Renew this server's heartbeat; forget nodes whose heartbeat expired."""
+        while True:
+            await asyncio.sleep(self.liveness_ttl / 3)
+            try:
+                await self.transport.heartbeat("topicserver", self.name)
+                live = await self.transport.live("node", self.liveness_ttl)
+            except TransportError as exc:
+                logger.warning("topic server %s: liveness check failed: %s", self.name, exc)
+                continue
+            for node in self.node_topics.keys() - live.keys():
+                logger.info("topic server %s: node %s missed its heartbeat", self.name, node)
+                self.stats["expired_nodes"] += 1
+                self.drop_node(node)
 
     def handle(self, fields: list, outgoing: list[tuple[str, bytes]]) -> None:
         """Apply one inbox entry; node appends it causes go to outgoing."""
@@ -71,6 +142,7 @@ class TopicServer:
         elif op == "sub":
             _, topic, node = fields
             self.topics.setdefault(topic, set()).add(node)
+            self.node_topics.setdefault(node, set()).add(topic)
             logger.debug("%s: node %s subscribes to %s", self.name, node, topic)
         elif op == "unsub":
             _, topic, node = fields
@@ -84,12 +156,17 @@ class TopicServer:
             nodes.discard(node)
             if not nodes:
                 del self.topics[topic]
+        held = self.node_topics.get(node)
+        if held is not None:
+            held.discard(topic)
+            if not held:
+                del self.node_topics[node]
 
     def drop_node(self, node: str) -> int:
         """Forget every membership of node (restarted or dead); returns how many topics it held."""
-        held = [topic for topic, nodes in self.topics.items() if node in nodes]
+        held = list(self.node_topics.get(node, ()))
         for topic in held:
             self.forget(topic, node)
         if held:
-            logger.info("%s: dropped node %s from %d topics", self.name, node, len(held))
+            logger.info("topic server %s: dropped node %s from %d topics", self.name, node, len(held))
         return len(held)

@@ -1,0 +1,66 @@
+"""``manage.py runtopicserver --name ts-1``: flags, signals and logging around TopicServer."""
+
+import asyncio
+import logging
+import signal
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from pubsub.exceptions import TransportError
+from pubsub.ring import HashRing
+from pubsub.transport.redis import RedisTransport
+from topicserver.server import TopicServer
+
+logger = logging.getLogger("topicserver")
+
+
+class Command(BaseCommand):
+    help = "Run one topic server: the owner of the topics the hash ring (DPS_TOPIC_SERVERS) gives it."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--name", required=True, help="this server's name; must be in DPS_TOPIC_SERVERS")
+        parser.add_argument("--redis-url", default=settings.DPS_REDIS_URL, help="default: DPS_REDIS_URL")
+
+    def handle(self, *args, name, redis_url, **options):
+        ring = HashRing(settings.DPS_TOPIC_SERVERS)
+        if name not in ring:
+            raise CommandError(
+                f"--name {name!r} is not in the ring DPS_TOPIC_SERVERS={','.join(ring.members)}: "
+                "add it to DPS_TOPIC_SERVERS of every process, or run one of those names."
+            )
+        if not redis_url:
+            raise CommandError(
+                "runtopicserver needs Redis: set DPS_REDIS_URL (e.g. redis://127.0.0.1:6379/0) or pass --redis-url. "
+                "Without Redis, daphne runs its topic servers in-process (the embedded mode)."
+            )
+        asyncio.run(self.serve(name, redis_url))
+
+    async def serve(self, name: str, redis_url: str) -> None:
+        transport = RedisTransport(redis_url, maxlen=settings.DPS_STREAM_MAXLEN)
+        try:
+            await transport.ping()
+        except TransportError as exc:
+            await transport.close()
+            raise CommandError(f"DPS_REDIS_URL / --redis-url: {exc}") from None
+        server = TopicServer(name, transport, liveness_ttl=settings.DPS_LIVENESS_TTL)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        running = loop.create_task(server.run(), name=f"topic-server-{name}")
+        stopping = loop.create_task(stop.wait())
+        try:
+            await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (running, stopping):
+                task.cancel()
+            results = await asyncio.gather(running, stopping, return_exceptions=True)
+            try:
+                await transport.forget("topicserver", name)
+            except TransportError as exc:
+                logger.warning("could not unregister %s: %s", name, exc)
+            await transport.close()
+        if isinstance(results[0], Exception):
+            raise CommandError(f"topic server {name} failed: {results[0]!r}")
+        logger.info("topic server %s stopped (%s)", name, dict(server.stats))
