@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _RETRY_DELAY = 0.5
 _SEND_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # about 3 s of trying
+_SUMMARY_INTERVAL = 60.0
 
 
 class TopicServer:
@@ -112,9 +113,11 @@ class TopicServer:
             await self.transport.append_many([(node_stream(node), announcement) for node in nodes])
 
     async def _keep_alive(self) -> None:
-        """Renew this server's heartbeat; forget nodes whose heartbeat expired."""
+        """Renew this server's heartbeat; forget nodes whose heartbeat expired; log a summary now and then."""
+        last_summary = (0.0, None)
         while True:
             await asyncio.sleep(self.liveness_ttl / 3)
+            last_summary = self._log_summary(*last_summary)
             try:
                 await self.transport.heartbeat("topicserver", self.name)
                 live = await self.transport.live("node", self.liveness_ttl)
@@ -125,6 +128,18 @@ class TopicServer:
                 logger.info("topic server %s: node %s missed its heartbeat", self.name, node)
                 self.stats["expired_nodes"] += 1
                 self.drop_node(node)
+
+    def _log_summary(self, logged_at: float, logged: tuple | None) -> tuple[float, tuple | None]:
+        now = asyncio.get_running_loop().time()
+        summary = (len(self.topics), len(self.node_topics), self.stats["published"], self.stats["node_messages"])
+        if now - logged_at < _SUMMARY_INTERVAL or summary == logged:
+            return logged_at, logged
+        logger.info(
+            "topic server %s: %d topics with members on %d nodes; %d published, %d node messages so far",
+            self.name,
+            *summary,
+        )
+        return now, summary
 
     def handle(self, fields: list, outgoing: list[tuple[str, bytes]]) -> None:
         """Apply one inbox entry; node appends it causes go to outgoing."""
@@ -142,6 +157,8 @@ class TopicServer:
         elif op == "sub":
             _, topic, node = fields
             self.topics.setdefault(topic, set()).add(node)
+            if node not in self.node_topics:
+                logger.info("topic server %s: node %s holds members of its topics", self.name, node)
             self.node_topics.setdefault(node, set()).add(topic)
             logger.debug("%s: node %s subscribes to %s", self.name, node, topic)
         elif op == "unsub":
