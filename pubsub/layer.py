@@ -20,13 +20,16 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
+import orjson
 from channels.layers import BaseChannelLayer
 
 from pubsub import entries
 from pubsub.exceptions import ChannelFull, ConfigurationError, TransportError
 from pubsub.mailbox import Mailbox
 from pubsub.protocol import valid_topic
+from pubsub.rates import RateMeter
 from pubsub.ring import HashRing
+from pubsub.tasks import stop_tasks
 from pubsub.transport.base import Transport, inbox_stream, node_stream
 from pubsub.transport.memory import MemoryTransport
 
@@ -79,6 +82,8 @@ class TopicRingLayer(BaseChannelLayer):
 
     def _reset(self) -> None:
         self.transport: Transport | None = None
+        self.started_at: float | None = None
+        self.stream_lag = 0.0
         self._mailboxes: dict[str, Mailbox] = {}
         self._groups: dict[str, set[str]] = {}
         self._last_seq: dict[str, int] = {}
@@ -164,6 +169,7 @@ class TopicRingLayer(BaseChannelLayer):
         await self._ensure_started()
         owner = self.ring.owner(group)
         await self._append(inbox_stream(owner), entries.pack("pub", group, entries.pack_message(message)))
+        self.stats["group_sends"] += 1
 
     # Flush extension
 
@@ -173,16 +179,7 @@ class TopicRingLayer(BaseChannelLayer):
 
     async def close(self) -> None:
         """Cancel and await the background tasks, then release the transport."""
-        tasks = self._tasks
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                logger.exception("layer task %s failed while stopping", task.get_name())
+        await stop_tasks(self._tasks)
         if self.transport is not None and self._given_transport is None:
             await self.transport.close()
         self._reset()
@@ -284,6 +281,7 @@ class TopicRingLayer(BaseChannelLayer):
             await asyncio.shield(self._started)
 
     async def _start(self) -> None:
+        self.started_at = time.time()
         self.transport = self._given_transport or self._make_transport()
         if self.embedded:
             from topicserver.server import TopicServer
@@ -323,6 +321,9 @@ class TopicRingLayer(BaseChannelLayer):
                 logger.warning("node %s: reading %s failed (%s); retrying", self.node, stream, exc)
                 await asyncio.sleep(_RETRY_DELAY)
                 continue
+            if batch:
+                appended = self.transport.id_time(batch[-1][0])
+                self.stream_lag = max(0.0, time.time() - appended) if appended is not None else 0.0
             for entry_id, data in batch:
                 after = entry_id
                 try:
@@ -363,12 +364,30 @@ class TopicRingLayer(BaseChannelLayer):
             )
 
     async def _keep_alive(self) -> None:
+        """Renew this node's heartbeat and publish its snapshot for the admin page."""
+        rate = RateMeter()
         while True:
-            await asyncio.sleep(self.liveness_ttl / 3)
             try:
                 await self.transport.heartbeat("node", self.node)
+                snapshot = self.snapshot(rate)
+                await self.transport.put_snapshot("node", self.node, orjson.dumps(snapshot), 3 * self.liveness_ttl)
             except TransportError as exc:
                 logger.warning("node %s: heartbeat failed: %s", self.node, exc)
+            await asyncio.sleep(self.liveness_ttl / 3)
+
+    def snapshot(self, rate: RateMeter | None = None) -> dict:
+        """What this node reports about itself: counters, connections, local members per topic."""
+        stats = dict(self.stats)
+        return {
+            "name": self.node,
+            "started_at": self.started_at,
+            "at": time.time(),
+            "stats": stats,
+            "connections": stats.get("connections_opened", 0) - stats.get("connections_closed", 0),
+            "channels": len(self._mailboxes),
+            "deliveries_per_s": rate.per_second(stats.get("delivered", 0)) if rate else None,
+            "topics": {group: len(members) for group, members in self._groups.items()},
+        }
 
     def _deliver_to_group(self, topic: str, seq: int, blob: bytes) -> None:
         members = self._groups.get(topic)

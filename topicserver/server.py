@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
+
+import orjson
 
 from pubsub import entries
 from pubsub.exceptions import TransportError
+from pubsub.rates import RateMeter
+from pubsub.tasks import stop_tasks
 from pubsub.transport.base import Transport, inbox_stream, node_stream
 
 __all__ = ["TopicServer"]
@@ -29,6 +34,7 @@ logger = logging.getLogger(__name__)
 _RETRY_DELAY = 0.5
 _SEND_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # about 3 s of trying
 _SUMMARY_INTERVAL = 60.0
+_IDLE_SEQUENCES = 100_000
 
 
 class TopicServer:
@@ -53,6 +59,10 @@ class TopicServer:
         self.node_topics: dict[str, set[str]] = {}  # node -> its topics here (the inverse index)
         self.sequences: dict[str, int] = {}
         self.stats: Counter[str] = Counter()
+        self.started_at = time.time()
+        self.inbox_lag = 0.0
+        self._snapshot_at = time.monotonic()
+        self._snapshot_sequences: dict[str, int] = {}
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Serve until cancelled; a bad entry or a lost connection is logged, never fatal."""
@@ -66,8 +76,7 @@ class TopicServer:
         try:
             await self._read_inbox(last_id)
         finally:
-            keep_alive.cancel()
-            await asyncio.gather(keep_alive, return_exceptions=True)
+            await stop_tasks([keep_alive])
 
     async def _read_inbox(self, last_id: str) -> None:
         while True:
@@ -80,6 +89,8 @@ class TopicServer:
             if not batch:
                 continue
             last_id = batch[-1][0]
+            appended = self.transport.id_time(last_id)
+            self.inbox_lag = max(0.0, time.time() - appended) if appended is not None else 0.0
             outgoing: list[tuple[str, bytes]] = []
             for entry_id, data in batch:
                 try:
@@ -115,11 +126,14 @@ class TopicServer:
     async def _keep_alive(self) -> None:
         """Renew this server's heartbeat; forget nodes whose heartbeat expired; log a summary now and then."""
         last_summary = (0.0, None)
+        rate = RateMeter()
         while True:
             await asyncio.sleep(self.liveness_ttl / 3)
             last_summary = self._log_summary(*last_summary)
             try:
                 await self.transport.heartbeat("topicserver", self.name)
+                snapshot = orjson.dumps(self.snapshot(rate))
+                await self.transport.put_snapshot("topicserver", self.name, snapshot, 3 * self.liveness_ttl)
                 live = await self.transport.live("node", self.liveness_ttl)
             except TransportError as exc:
                 logger.warning("topic server %s: liveness check failed: %s", self.name, exc)
@@ -128,6 +142,31 @@ class TopicServer:
                 logger.info("topic server %s: node %s missed its heartbeat", self.name, node)
                 self.stats["expired_nodes"] += 1
                 self.drop_node(node)
+
+    def snapshot(self, rate: RateMeter | None = None) -> dict:
+        """What this server reports about itself: counters, and per topic its nodes, last seq and rate."""
+        now = time.monotonic()
+        elapsed = now - self._snapshot_at
+        topics = {}
+        for topic, nodes in self.topics.items():
+            seq = self.sequences.get(topic, 0)
+            previous = self._snapshot_sequences.get(topic, seq)
+            topics[topic] = {
+                "nodes": sorted(nodes),
+                "seq": seq,
+                "per_s": (seq - previous) / elapsed if elapsed else 0.0,
+            }
+        self._snapshot_at = now
+        self._snapshot_sequences = {topic: info["seq"] for topic, info in topics.items()}
+        return {
+            "name": self.name,
+            "started_at": self.started_at,
+            "at": time.time(),
+            "stats": dict(self.stats),
+            "published_per_s": rate.per_second(self.stats["published"]) if rate else None,
+            "inbox_lag": self.inbox_lag,
+            "topics": topics,
+        }
 
     def _log_summary(self, logged_at: float, logged: tuple | None) -> tuple[float, tuple | None]:
         now = asyncio.get_running_loop().time()
@@ -146,11 +185,11 @@ class TopicServer:
         op = fields[0]
         if op == "pub":
             _, topic, message = fields
-            seq = self.sequences.get(topic, 0) + 1
-            self.sequences[topic] = seq
             self.stats["published"] += 1
             nodes = self.topics.get(topic)
-            if nodes:
+            if nodes:  # a topic nobody holds needs no sequence number: nobody would see it
+                seq = self.sequences.get(topic, 0) + 1
+                self.sequences[topic] = seq
                 data = entries.pack("msg", topic, seq, message)
                 outgoing.extend((node_stream(node), data) for node in nodes)
                 self.stats["node_messages"] += len(nodes)
@@ -173,11 +212,20 @@ class TopicServer:
             nodes.discard(node)
             if not nodes:
                 del self.topics[topic]
+                self._trim_sequences()
         held = self.node_topics.get(node)
         if held is not None:
             held.discard(topic)
             if not held:
                 del self.node_topics[node]
+
+    def _trim_sequences(self) -> None:
+        """Keep the sequence of a topic nobody holds (a quick rejoin continues it), within a bound."""
+        excess = len(self.sequences) - len(self.topics) - _IDLE_SEQUENCES
+        if excess > 0:
+            idle = [topic for topic in self.sequences if topic not in self.topics][:excess]
+            for topic in idle:
+                del self.sequences[topic]
 
     def drop_node(self, node: str) -> int:
         """Forget every membership of node (restarted or dead); returns how many topics it held."""

@@ -46,5 +46,14 @@ class Transport(Protocol):
     async def forget(self, kind: str, name: str) -> None:
         """Remove a process that stops cleanly from the registry."""
 
+    async def put_snapshot(self, kind: str, name: str, data: bytes, ttl: float) -> None:
+        """Publish what a process reports about itself (for the admin page); it expires after ttl."""
+
+    async def snapshots(self, kind: str) -> dict[str, bytes]:
+        """The unexpired snapshots of every process of kind."""
+
+    def id_time(self, entry_id: str) -> float | None:
+        """The unix time an entry was appended, if its id tells (Redis ids do)."""
+
     async def close(self) -> None:
         """Release connections."""

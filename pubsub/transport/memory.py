@@ -32,6 +32,7 @@ class MemoryTransport:
         self.maxlen = maxlen
         self._streams: dict[str, _Stream] = {}
         self._registry: dict[tuple[str, str], float] = {}
+        self._snapshots: dict[tuple[str, str], tuple[float, bytes]] = {}
 
     def _stream(self, name: str) -> _Stream:
         stream = self._streams.get(name)
@@ -92,6 +93,17 @@ class MemoryTransport:
     async def forget(self, kind: str, name: str) -> None:
         self._registry.pop((kind, name), None)
 
+    async def put_snapshot(self, kind: str, name: str, data: bytes, ttl: float) -> None:
+        self._snapshots[kind, name] = (time.time() + ttl, data)
+
+    async def snapshots(self, kind: str) -> dict[str, bytes]:
+        now = time.time()
+        return {name: data for (k, name), (until, data) in self._snapshots.items() if k == kind and until > now}
+
+    def id_time(self, entry_id: str) -> float | None:
+        return None  # ids here are counters
+
     async def close(self) -> None:
         self._streams.clear()
         self._registry.clear()
+        self._snapshots.clear()

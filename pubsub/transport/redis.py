@@ -27,8 +27,14 @@ _WRITE_POOL_SIZE = 16
 _CONNECT_TIMEOUT = 5.0
 _WRITE_TIMEOUT = 10.0
 
+_REGISTRY_MEMORY = 3600.0  # a process silent for an hour leaves the registry
+
 # Liveness registries: sorted sets, member = name, score = last heartbeat (unix seconds).
 REGISTRY_KEYS = {"node": "dps:nodes", "topicserver": "dps:topicservers"}
+
+
+def _snapshot_key(kind: str, name: str) -> str:
+    return f"dps:snapshot:{kind}:{{{name}}}"
 
 
 class RedisTransport:
@@ -97,8 +103,12 @@ class RedisTransport:
     # Liveness
 
     async def heartbeat(self, kind: str, name: str) -> None:
+        now = time.time()
         try:
-            await self._writer.zadd(REGISTRY_KEYS[kind], {name: time.time()})
+            async with self._writer.pipeline(transaction=False) as pipe:
+                pipe.zadd(REGISTRY_KEYS[kind], {name: now})
+                pipe.zremrangebyscore(REGISTRY_KEYS[kind], "-inf", now - _REGISTRY_MEMORY)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             raise TransportError(f"heartbeat of {kind} {name} failed: {exc}") from exc
 
@@ -116,6 +126,25 @@ class RedisTransport:
             await self._writer.zrem(REGISTRY_KEYS[kind], name)
         except (RedisError, OSError) as exc:
             raise TransportError(f"unregistering {kind} {name} failed: {exc}") from exc
+
+    # Snapshots for the admin page: one key per process, found through the liveness registry.
+
+    async def put_snapshot(self, kind: str, name: str, data: bytes, ttl: float) -> None:
+        try:
+            await self._writer.set(_snapshot_key(kind, name), data, px=int(ttl * 1000))
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"storing the snapshot of {kind} {name} failed: {exc}") from exc
+
+    async def snapshots(self, kind: str) -> dict[str, bytes]:
+        try:
+            names = [name.decode() for name in await self._writer.zrange(REGISTRY_KEYS[kind], 0, -1)]
+            values = await self._writer.mget([_snapshot_key(kind, name) for name in names]) if names else []
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"reading {kind} snapshots failed: {exc}") from exc
+        return {name: value for name, value in zip(names, values, strict=True) if value is not None}
+
+    def id_time(self, entry_id: str) -> float | None:
+        return int(entry_id.split("-", 1)[0]) / 1000
 
     async def close(self) -> None:
         for client in [self._writer, *self._readers.values()]:

@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from pubsub.exceptions import TransportError
 from pubsub.ring import HashRing
+from pubsub.tasks import stop_tasks
 from pubsub.transport.redis import RedisTransport
 from topicserver.server import TopicServer
 
@@ -53,14 +54,12 @@ class Command(BaseCommand):
         try:
             await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (running, stopping):
-                task.cancel()
-            results = await asyncio.gather(running, stopping, return_exceptions=True)
+            await stop_tasks([running, stopping])
             try:
                 await transport.forget("topicserver", name)
             except TransportError as exc:
                 logger.warning("could not unregister %s: %s", name, exc)
             await transport.close()
-        if isinstance(results[0], Exception):
-            raise CommandError(f"topic server {name} failed: {results[0]!r}")
+        if not running.cancelled() and running.exception() is not None:
+            raise CommandError(f"topic server {name} failed: {running.exception()!r}")
         logger.info("topic server %s stopped (%s)", name, dict(server.stats))
