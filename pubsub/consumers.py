@@ -68,6 +68,7 @@ class PhoenixSocket(AsyncConsumer):
         self.idle_timeout = idle_timeout
         self.join_authorizer = join_authorizer
         self.joins: dict[str, Join] = {}
+        self.accepted = False
         self.last_seen = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task | None = None
@@ -93,6 +94,8 @@ class PhoenixSocket(AsyncConsumer):
         if "phoenix" in self.scope.get("subprotocols", ()):
             accept["subprotocol"] = "phoenix"  # the client's authToken option asks for it
         await self.send(accept)
+        self.accepted = True
+        self._count("connections_opened")
         self._touch()
         self._arm_idle_timer()
 
@@ -122,6 +125,8 @@ class PhoenixSocket(AsyncConsumer):
     async def websocket_disconnect(self, message: dict) -> None:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self.accepted:
+            self._count("connections_closed")
         topics, self.joins = list(self.joins), {}
         for topic in topics:
             await self.channel_layer.group_discard(topic, self.channel_name)
@@ -187,6 +192,7 @@ class PhoenixSocket(AsyncConsumer):
         # Subscribe before replying: a broadcast sent after the client saw "ok" must reach it.
         await self.channel_layer.group_add(topic, self.channel_name)
         self.joins[topic] = Join(frame.join_ref, protocol.encode_json(frame.join_ref))
+        self._count("joins")
         await self._reply(frame.join_ref, frame.ref, topic, "ok")
 
     async def leave(self, frame: protocol.Frame) -> None:
@@ -215,6 +221,7 @@ class PhoenixSocket(AsyncConsumer):
             reason = "event must be a non-empty name not starting with phx_"
         else:
             await broadcast(frame.topic, payload[0], payload[1], self.channel_layer)
+            self._count("publishes")
             await self._reply(frame.join_ref, frame.ref, frame.topic, "ok")
             return
         await self._reply(frame.join_ref, frame.ref, frame.topic, "error", {"reason": reason})
@@ -234,6 +241,12 @@ class PhoenixSocket(AsyncConsumer):
     async def _close(self, code: int, why: str) -> None:
         logger.info("closing websocket %s with %d: %s", self.scope.get("client"), code, why)
         await self.send({"type": "websocket.close", "code": code})
+
+    def _count(self, what: str) -> None:
+        """Socket counters go to the layer's stats, the node's one set of numbers (if it keeps one)."""
+        stats = getattr(self.channel_layer, "stats", None)
+        if stats is not None:
+            stats[what] += 1
 
     def _touch(self) -> None:
         self.last_seen = asyncio.get_running_loop().time()
