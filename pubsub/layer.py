@@ -186,6 +186,10 @@ class TopicRingLayer(BaseChannelLayer):
 
     # Extensions of DPS
 
+    async def start(self) -> None:
+        """Start the background tasks now rather than on first use (idempotent)."""
+        await self._ensure_started()
+
     def require_valid_group_name(self, name: str) -> bool:
         """Groups are topics, so the names Phoenix clients use (``topics:matrix``) are valid."""
         if not isinstance(name, str) or not valid_topic(name):

@@ -37,7 +37,8 @@ def redis_server():
 class Cluster:
     """redis-server, topic servers and daphne nodes as real processes; stop() ends them all."""
 
-    def __init__(self, topic_servers=("ts-1", "ts-2"), nodes=("ws-a", "ws-b"), **settings):
+    def __init__(self, topic_servers=("ts-1", "ts-2"), nodes=("ws-a", "ws-b"), topic_server_args=None, **settings):
+        self.topic_server_args = topic_server_args or {}
         self.redis = RedisServer()
         self.settings = {"DPS_TOPIC_SERVERS": ",".join(topic_servers), "DPS_REDIS_URL": self.redis.url, **settings}
         self.topic_servers = {}
@@ -52,7 +53,8 @@ class Cluster:
             raise
 
     def start_topic_server(self, name):
-        self.topic_servers[name] = TopicServerProcess(name, self.redis, **self.settings)
+        args = self.topic_server_args.get(name, ())
+        self.topic_servers[name] = TopicServerProcess(name, self.redis, args, **self.settings)
         return self.topic_servers[name]
 
     def start_node(self, name, application="dps_site.asgi:application"):

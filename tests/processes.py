@@ -95,11 +95,11 @@ class RedisServer(ManagedProcess):
 class TopicServerProcess(ManagedProcess):
     """``manage.py runtopicserver --name NAME``; ready once it has registered in Redis."""
 
-    def __init__(self, name: str, redis: RedisServer, **settings: str):
+    def __init__(self, name: str, redis: RedisServer, extra_args: tuple[str, ...] = (), **settings: str):
         self.server_name = name
         launched = time.time()
         super().__init__(
-            [sys.executable, "manage.py", "runtopicserver", "--name", name],
+            [sys.executable, "manage.py", "runtopicserver", "--name", name, *extra_args],
             dps_env(**{"DPS_REDIS_URL": redis.url, **settings}),
             f"ts-{name}",
         )
@@ -127,3 +127,15 @@ class DaphneNode(ManagedProcess):
 
     def url(self, query: str = "vsn=2.0.0") -> str:
         return f"ws://{HOST}:{self.port}/socket/websocket?{query}"
+
+
+def prepare_database(path: Path, username: str = "admin", password: str = "admin-pass") -> dict[str, str]:
+    """A migrated SQLite file with one superuser; returns the settings that point at it."""
+    settings = {"DPS_SQLITE_PATH": str(path)}
+    env = dps_env(**settings, DJANGO_SUPERUSER_PASSWORD=password)
+    for command in (
+        ["migrate", "--noinput"],
+        ["createsuperuser", "--noinput", "--username", username, "--email", "admin@example.com"],
+    ):
+        subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
+    return settings

@@ -6,8 +6,10 @@ import signal
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from prometheus_client import start_http_server
 
 from pubsub.exceptions import TransportError
+from pubsub.metrics import topic_server_registry
 from pubsub.ring import HashRing
 from pubsub.tasks import stop_tasks
 from pubsub.transport.redis import RedisTransport
@@ -22,8 +24,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--name", required=True, help="this server's name; must be in DPS_TOPIC_SERVERS")
         parser.add_argument("--redis-url", default=settings.DPS_REDIS_URL, help="default: DPS_REDIS_URL")
+        parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+        parser.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics port")
 
-    def handle(self, *args, name, redis_url, **options):
+    def handle(self, *args, name, redis_url, metrics_port, metrics_host, **options):
         ring = HashRing(settings.DPS_TOPIC_SERVERS)
         if name not in ring:
             raise CommandError(
@@ -35,9 +39,9 @@ class Command(BaseCommand):
                 "runtopicserver needs Redis: set DPS_REDIS_URL (e.g. redis://127.0.0.1:6379/0) or pass --redis-url. "
                 "Without Redis, daphne runs its topic servers in-process (the embedded mode)."
             )
-        asyncio.run(self.serve(name, redis_url))
+        asyncio.run(self.serve(name, redis_url, metrics_host, metrics_port))
 
-    async def serve(self, name: str, redis_url: str) -> None:
+    async def serve(self, name: str, redis_url: str, metrics_host: str, metrics_port: int | None) -> None:
         transport = RedisTransport(redis_url, maxlen=settings.DPS_STREAM_MAXLEN)
         try:
             await transport.ping()
@@ -45,6 +49,9 @@ class Command(BaseCommand):
             await transport.close()
             raise CommandError(f"DPS_REDIS_URL / --redis-url: {exc}") from None
         server = TopicServer(name, transport, liveness_ttl=settings.DPS_LIVENESS_TTL)
+        if metrics_port is not None:
+            start_http_server(metrics_port, addr=metrics_host, registry=topic_server_registry(server))
+            logger.info("topic server %s: metrics on http://%s:%d/metrics", name, metrics_host, metrics_port)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
