@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import orjson
 from channels.layers import BaseChannelLayer
@@ -85,6 +85,7 @@ class TopicRingLayer(BaseChannelLayer):
         self.started_at: float | None = None
         self.stream_lag = 0.0
         self._mailboxes: dict[str, Mailbox] = {}
+        self._fastlanes: dict[str, Callable[[dict], bool]] = {}
         self._groups: dict[str, set[str]] = {}
         self._last_seq: dict[str, int] = {}
         self._announcements: dict[str, asyncio.Future] = {}
@@ -220,9 +221,18 @@ class TopicRingLayer(BaseChannelLayer):
         finally:
             client.close()
 
+    def register_fastlane(self, channel: str, fastlane: Callable[[dict], bool]) -> None:
+        """Deliver group messages for channel by calling fastlane(message) in the node reader.
+
+        fastlane must not block; it returns False for a message it does not
+        handle, which then goes to the channel's mailbox as usual.
+        """
+        self._fastlanes[channel] = fastlane
+
     def discard_channel(self, channel: str) -> None:
-        """Forget a closed channel's mailbox now (its groups must have been left already)."""
+        """Forget a closed channel's mailbox and fastlane now (its groups must have been left already)."""
         self._mailboxes.pop(channel, None)
+        self._fastlanes.pop(channel, None)
 
     def local_members(self, group: str) -> int:
         return len(self._groups.get(group, ()))
@@ -408,7 +418,18 @@ class TopicRingLayer(BaseChannelLayer):
         self._last_seq[topic] = seq
         message = entries.unpack_message(blob)
         delivered = 0
+        fastlanes = self._fastlanes
         for channel in members:
+            fastlane = fastlanes.get(channel)
+            if fastlane is not None:
+                try:
+                    if fastlane(message):
+                        delivered += 1
+                        continue
+                except Exception:
+                    self.stats["fastlane_errors"] += 1
+                    logger.exception("node %s: fastlane of %s failed", self.node, channel)
+                    continue
             if self._mailbox(channel).put(message):
                 delivered += 1
             else:
