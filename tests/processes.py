@@ -116,10 +116,12 @@ class TopicServerProcess(ManagedProcess):
 class DaphneNode(ManagedProcess):
     """``daphne dps_site.asgi:application`` on a free loopback port."""
 
-    def __init__(self, application: str = "dps_site.asgi:application", **settings: str):
+    def __init__(
+        self, application: str = "dps_site.asgi:application", daphne_args: tuple[str, ...] = (), **settings: str
+    ):
         self.port = free_port()
         super().__init__(
-            [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(self.port), application],
+            [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(self.port), *daphne_args, application],
             dps_env(**settings),
             f"daphne-{self.port}",
         )
