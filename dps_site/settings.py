@@ -43,6 +43,10 @@ DPS_CHANNEL_CAPACITY = _env_number("DPS_CHANNEL_CAPACITY", DEFAULT_CHANNEL_CAPAC
 DPS_STREAM_MAXLEN = _env_number("DPS_STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN)
 DPS_JOIN_AUTHORIZER = os.environ.get("DPS_JOIN_AUTHORIZER", DEFAULT_JOIN_AUTHORIZER)
 DPS_LIVENESS_TTL = _env_number("DPS_LIVENESS_TTL", DEFAULT_LIVENESS_TTL, float)
+DPS_RING = os.environ.get("DPS_RING", "static")
+if DPS_RING not in ("static", "live"):
+    raise ConfigurationError(f"DPS_RING={DPS_RING!r}: use 'static' (DPS_TOPIC_SERVERS) or 'live' (registered servers).")
+DPS_LIVE_RING = DPS_RING == "live"
 
 SECRET_KEY = os.environ.get("DPS_SECRET_KEY", "dps-insecure-development-key-set-DPS_SECRET_KEY-in-production")
 DEBUG = os.environ.get("DPS_DEBUG", "") == "1"
@@ -110,6 +114,7 @@ CHANNEL_LAYERS = {
             "capacity": DPS_CHANNEL_CAPACITY,
             "stream_maxlen": DPS_STREAM_MAXLEN,
             "liveness_ttl": DPS_LIVENESS_TTL,
+            "live_ring": DPS_LIVE_RING,
         },
     }
 }

@@ -5,12 +5,16 @@ Inbox of a topic server (``dps:ts:{name}``):
     ["unsub", topic, node]        node's last local member left
     ["pub", topic, message]       a group_send; message is msgpack bytes, passed through untouched
     ["hello", node]               node (re)started: forget what it held, it re-announces
+    ["fwd", topic, message, seq, origin]   a pub passed on by a server that does not own topic
+                                  (any more); seq > 0 if a previous owner numbered it; origin
+                                  ("server/entry-id") lets the owner drop repeated forwards
 
 Stream of a websocket node (``dps:node:{name}``):
     ["msg", topic, seq, message]  one per node per published message, seq per topic from 1
     ["send", channel, message]    a send() to one channel living on this node
     ["gadd", group, channel] / ["gdiscard", group, channel]   group changes for a channel of this node
-    ["owner", server]             a topic server (re)started: re-announce its topics
+    ["owner", server, token, gen] a topic server (re)started or gained topics: adopt ring generation
+                                  gen, re-announce its topics, then acknowledge token
 
 The message itself is encoded once by the publisher; the owner only wraps it.
 """
@@ -26,13 +30,19 @@ from pubsub.exceptions import TransportError
 __all__ = ["MalformedEntry", "pack", "unpack", "pack_message", "unpack_message", "INBOX_OPS", "NODE_OPS"]
 
 # op -> number of fields after the op, with the type of each
-INBOX_OPS = {"sub": (str, str), "unsub": (str, str), "pub": (str, bytes), "hello": (str,)}
+INBOX_OPS = {
+    "sub": (str, str),
+    "unsub": (str, str),
+    "pub": (str, bytes),
+    "fwd": (str, bytes, int, str),
+    "hello": (str,),
+}
 NODE_OPS = {
     "msg": (str, int, bytes),
     "send": (str, bytes),
     "gadd": (str, str),
     "gdiscard": (str, str),
-    "owner": (str,),
+    "owner": (str, str, int),
 }
 
 

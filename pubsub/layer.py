@@ -63,6 +63,7 @@ class TopicRingLayer(BaseChannelLayer):
         channel_capacity: dict | None = None,
         stream_maxlen: int = 100_000,
         liveness_ttl: float = 5.0,
+        live_ring: bool = False,
     ):
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
         if not NODE_NAME_PATTERN.match(node or ""):
@@ -74,6 +75,9 @@ class TopicRingLayer(BaseChannelLayer):
         self.channel_capacity = self.compile_capacities(channel_capacity or {})
         self.stream_maxlen = stream_maxlen
         self.liveness_ttl = liveness_ttl
+        self.live_ring = live_ring
+        self.ring_poll = min(1.0, liveness_ttl / 4)
+        self.static_ring = self.ring
         self.redis_url = redis_url
         self._given_transport = transport
         self.embedded = transport is None and redis_url is None
@@ -83,6 +87,9 @@ class TopicRingLayer(BaseChannelLayer):
     def _reset(self) -> None:
         self.transport: Transport | None = None
         self.started_at: float | None = None
+        self.generation = 0
+        self.epoch = ""
+        self.ring = self.static_ring
         self.stream_lag = 0.0
         self._mailboxes: dict[str, Mailbox] = {}
         self._fastlanes: dict[str, Callable[[dict], bool]] = {}
@@ -301,11 +308,14 @@ class TopicRingLayer(BaseChannelLayer):
             from topicserver.server import TopicServer
 
             for name in self.ring.members:
-                server = TopicServer(name, self.transport, liveness_ttl=self.liveness_ttl)
+                server = TopicServer(name, self.transport, members=self.ring.members, liveness_ttl=self.liveness_ttl)
                 ready = asyncio.Event()
                 self.topic_servers.append(server)
                 self._spawn(server.run(ready), f"dps-topic-server-{name}")
                 await ready.wait()
+        self.epoch = await self.transport.epoch()
+        if self.live_ring:
+            await self._follow_ring()
         after = await self.transport.last_id(node_stream(self.node))
         self._spawn(self._read_node_stream(after), f"dps-node-reader-{self.node}")
         await self.transport.heartbeat("node", self.node)
@@ -314,6 +324,8 @@ class TopicRingLayer(BaseChannelLayer):
         await self.transport.append_many([(inbox_stream(server), hello) for server in self.ring.members])
         self._spawn(self._keep_alive(), f"dps-keep-alive-{self.node}")
         self._spawn(self._sweep_idle_channels(), f"dps-channel-sweeper-{self.node}")
+        if not self.embedded:
+            self._spawn(self._watch_ring(), f"dps-ring-{self.node}")
 
     def _make_transport(self) -> Transport:
         if self.redis_url is None:
@@ -364,18 +376,47 @@ class TopicRingLayer(BaseChannelLayer):
             _, group, channel = fields
             await self._leave_local(group, channel)
         elif op == "owner":
-            await self._reannounce(fields[1])
+            _, server, token, generation = fields
+            if self.live_ring and generation > self.generation:
+                await self._follow_ring()
+            await self._reannounce([group for group in self._groups if self.ring.owner(group) == server])
+            await self.transport.ack_barrier(server, self.node, token)
 
-    async def _reannounce(self, server: str) -> None:
-        """A topic server (re)started: tell it again which of its topics this node holds."""
-        groups = [group for group in self._groups if self.ring.owner(group) == server]
-        for group in groups:
-            self._last_seq.pop(group, None)  # its sequence numbers start again
+    async def _reannounce(self, groups: list[str]) -> None:
+        """Tell the owners again which of their topics this node holds (sequence numbers carry on)."""
         if groups:
-            logger.info("node %s: re-announcing %d topics to %s", self.node, len(groups), server)
+            logger.info("node %s: announcing %d topics to their owners", self.node, len(groups))
             await self.transport.append_many(
-                [(inbox_stream(server), entries.pack("sub", group, self.node)) for group in groups]
+                [(inbox_stream(self.ring.owner(group)), entries.pack("sub", group, self.node)) for group in groups]
             )
+
+    async def _watch_ring(self) -> None:
+        """Follow ring generations (live ring) and notice a Redis that restarted empty."""
+        while True:
+            await asyncio.sleep(self.ring_poll)
+            try:
+                epoch = await self.transport.epoch()
+                if epoch != self.epoch:
+                    logger.warning("node %s: Redis restarted empty; announcing every topic again", self.node)
+                    self.epoch, self.generation = epoch, -1
+                    self._last_seq.clear()  # owners number again from what Redis now holds
+                    if self.live_ring:
+                        await self._follow_ring()
+                    await self._reannounce(list(self._groups))
+                elif self.live_ring:
+                    await self._follow_ring()
+            except TransportError as exc:
+                logger.warning("node %s: ring check failed: %s", self.node, exc)
+
+    async def _follow_ring(self) -> None:
+        """Adopt a newer ring generation; topics that changed owner are announced to the new owner."""
+        generation, members = await self.transport.ring_state()
+        if generation == self.generation or not members:
+            return
+        previous, self.ring, self.generation = self.ring, HashRing(members), generation
+        moved = [group for group in self._groups if previous.owner(group) != self.ring.owner(group)]
+        logger.info("node %s: ring generation %d %s; %d local topics moved", self.node, generation, members, len(moved))
+        await self._reannounce(moved)
 
     async def _keep_alive(self) -> None:
         """Renew this node's heartbeat and publish its snapshot for the admin page."""

@@ -47,6 +47,10 @@ class CountingTransport:
         self.appends.extend(stream for stream, _ in items)
         await self.transport.append_many(items)
 
+    async def commit_batch(self, server, sequences, stamps, appends, cursor):
+        self.appends.extend(stream for stream, _ in appends)
+        await self.transport.commit_batch(server, sequences, stamps, appends, cursor)
+
 
 @pytest.fixture(scope="module")
 def module_redis():
@@ -77,7 +81,7 @@ async def cluster(make_transport):
         for name in servers:
             transport = CountingTransport(make_transport(), appends)
             transports.append(transport.transport)
-            server = TopicServer(name, transport)
+            server = TopicServer(name, transport, members=list(servers))
             ready = asyncio.Event()
             tasks.append(asyncio.create_task(server.run(ready)))
             await ready.wait()
@@ -299,7 +303,7 @@ async def test_malformed_entries_are_counted_and_skipped(two_nodes):
 async def test_readers_resume_after_redis_restarts():
     redis = RedisServer()
     transports = [RedisTransport(redis.url), RedisTransport(redis.url)]
-    server = TopicServer("ts-1", transports[0])
+    server = TopicServer("ts-1", transports[0], members=["ts-1"])
     ready = asyncio.Event()
     task = asyncio.create_task(server.run(ready))
     layer = TopicRingLayer(node="ws-a", topic_servers=["ts-1"], transport=transports[1])

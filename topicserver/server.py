@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import orjson
 
 from pubsub import entries
 from pubsub.exceptions import TransportError
 from pubsub.rates import RateMeter
+from pubsub.ring import HashRing
 from pubsub.tasks import stop_tasks
-from pubsub.transport.base import Transport, inbox_stream, node_stream
+from pubsub.transport.base import FIRST_ID, Transport, inbox_stream, node_stream
 
 __all__ = ["TopicServer"]
 
@@ -35,6 +37,20 @@ _RETRY_DELAY = 0.5
 _SEND_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # about 3 s of trying
 _SUMMARY_INTERVAL = 60.0
 _IDLE_SEQUENCES = 100_000
+_REMEMBERED_ORIGINS = 100_000
+
+
+def _id_number(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def _backlog_rank(fields: list, stamp: int) -> tuple[int, int]:
+    """Backlog order: membership changes, then messages already numbered (by number), then the rest."""
+    if fields[0] in ("sub", "unsub", "hello"):
+        return (0, 0)
+    seq = stamp or (fields[3] if fields[0] == "fwd" else 0)
+    return (1, seq) if seq else (2, 0)
 
 
 class TopicServer:
@@ -45,11 +61,21 @@ class TopicServer:
         name: str,
         transport: Transport,
         *,
+        members: list[str] | None = None,
         liveness_ttl: float = 5.0,
         batch_size: int = 512,
         block_ms: int = 1000,
     ):
+        """members: the static ring; None for a live ring built from the registered topic servers."""
         self.name = name
+        self.live_ring = members is None
+        self.ring = None if members is None else HashRing(members)
+        self.generation = 0
+        self.ring_poll = min(1.0, liveness_ttl / 4)
+        self.leaving = False
+        self.epoch = ""
+        self._pending_ring: tuple[int, list[str]] | None = None
+        self._origins: OrderedDict[str, None] = OrderedDict()
         self.transport = transport
         self.liveness_ttl = liveness_ttl
         self.batch_size = batch_size
@@ -67,48 +93,138 @@ class TopicServer:
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Serve until cancelled; a bad entry or a lost connection is logged, never fatal."""
         await self.transport.heartbeat("topicserver", self.name)
-        last_id = await self.transport.last_id(self.inbox)
-        await self._claim_ownership()
-        logger.info("topic server %s reading %s after %s", self.name, self.inbox, last_id)
-        if ready is not None:
-            ready.set()
-        keep_alive = asyncio.get_running_loop().create_task(self._keep_alive(), name=f"dps-keep-alive-{self.name}")
+        self.epoch = await self.transport.epoch()
+        if self.live_ring:
+            await self._watch_ring_once()
+            await self._adopt_pending_ring(barrier=False)
+        # Resume after the last committed batch: what was accepted while this server was down is served now.
+        cursor = await self.transport.load_cursor(self.name) or await self.transport.last_id(self.inbox)
+        stamps = await self.transport.load_stamps(self.name)
+        logger.info("topic server %s (generation %d) reading %s after %s", self.name, self.generation, self.inbox, cursor)
+        tasks = [asyncio.get_running_loop().create_task(self._keep_alive(), name=f"dps-keep-alive-{self.name}")]
+        if self.live_ring:
+            tasks.append(asyncio.get_running_loop().create_task(self._watch_ring(), name=f"dps-ring-{self.name}"))
         try:
-            await self._read_inbox(last_id)
+            cursor = await self._barrier_and_backlog(cursor, stamps)
+            if ready is not None:
+                ready.set()
+            await self._read_inbox(cursor)
         finally:
-            await stop_tasks([keep_alive])
+            await stop_tasks(tasks)
 
-    async def _read_inbox(self, last_id: str) -> None:
+    async def leave(self) -> None:
+        """Hand this server's topics to the others (live ring): unregister, wait until a ring without
+        it is adopted, keep forwarding what still arrives until the inbox is quiet. Call while run() runs."""
+        self.leaving = True
+        await self.transport.forget("topicserver", self.name)
+        deadline = time.monotonic() + 3 * self.liveness_ttl
+        while time.monotonic() < deadline:
+            generation, members = await self.transport.ring_state()
+            if self.name not in members and self.generation >= generation:
+                break
+            await asyncio.sleep(0.05)
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < 3 * self.ring_poll:
+            if await self.transport.last_id(self.inbox) != await self.transport.load_cursor(self.name):
+                quiet_since = time.monotonic()
+            await asyncio.sleep(0.05)
+        logger.info("topic server %s: handed its topics over (generation %d)", self.name, self.generation)
+
+    def owner(self, topic: str) -> str:
+        """Who owns topic now: by the live ring, or this server for a static ring (it is only sent its own)."""
+        return self.ring.owner(topic) if self.live_ring and self.ring is not None else self.name
+
+    async def _read_inbox(self, cursor: str) -> None:
         while True:
+            if self._pending_ring is not None:
+                await self._adopt_pending_ring()
+                cursor = await self._barrier_and_backlog(cursor, {})
             try:
-                batch = await self.transport.read(self.inbox, last_id, self.batch_size, self.block_ms)
+                batch = await self.transport.read(self.inbox, cursor, self.batch_size, self.block_ms)
             except TransportError as exc:
                 logger.warning("topic server %s: reading its inbox failed (%s); retrying", self.name, exc)
                 await asyncio.sleep(_RETRY_DELAY)
                 continue
-            if not batch:
-                continue
-            last_id = batch[-1][0]
-            appended = self.transport.id_time(last_id)
-            self.inbox_lag = max(0.0, time.time() - appended) if appended is not None else 0.0
-            outgoing: list[tuple[str, bytes]] = []
-            for entry_id, data in batch:
-                try:
-                    self.handle(entries.unpack(data, entries.INBOX_OPS), outgoing)
-                except entries.MalformedEntry as exc:
-                    self.stats["malformed"] += 1
-                    logger.warning("topic server %s skipped entry %s: %s", self.name, entry_id, exc)
-                except Exception:
-                    logger.exception("topic server %s failed on entry %s; carrying on", self.name, entry_id)
-            if outgoing:
-                await self._send(outgoing)
+            if batch:
+                appended = self.transport.id_time(batch[-1][0])
+                self.inbox_lag = max(0.0, time.time() - appended) if appended is not None else 0.0
+                await self._process(batch, {}, membership_first=False)
+                cursor = batch[-1][0]
 
-    async def _send(self, outgoing: list[tuple[str, bytes]]) -> None:
-        """Append the batch's node entries, retrying a while; a retry may repeat entries, which
-        nodes drop by sequence number. What still fails is counted, logged, and seen as a gap."""
+    async def _barrier_and_backlog(self, cursor: str, stamps: dict[str, int]) -> str:
+        """Make sure every live node has re-announced this server's topics, then serve the backlog.
+
+        The backlog (entries up to now) is served membership first, and messages that
+        already carry a sequence number (stamped by a previous owner) before new ones,
+        so no subscriber misses a message accepted before the barrier.
+        """
+        await self._barrier()
+        backlog: list[tuple[str, bytes]] = []
+        tail = await self.transport.last_id(self.inbox)
+        while _id_number(cursor) < _id_number(tail):
+            batch = await self.transport.read(self.inbox, cursor, 10_000, 0)
+            if not batch:
+                break
+            backlog.extend(batch)
+            cursor = batch[-1][0]
+        if backlog:
+            logger.info("topic server %s: serving a backlog of %d entries", self.name, len(backlog))
+            await self._process(backlog, stamps, membership_first=True)
+        return cursor
+
+    async def _barrier(self) -> None:
+        """Ask live nodes to re-announce (and adopt this ring generation); wait for them and for the
+        other topic servers to have adopted it, for at most two liveness TTLs."""
+        token = f"{self.generation}:{secrets.token_hex(4)}"
+        nodes = set(await self.transport.live("node", self.liveness_ttl))
+        if nodes:
+            announcement = entries.pack("owner", self.name, token, self.generation)
+            await self.transport.append_many([(node_stream(node), announcement) for node in nodes])
+        deadline = time.monotonic() + 2 * self.liveness_ttl
+        while time.monotonic() < deadline:
+            acks = await self.transport.barrier_acks(self.name)
+            live_nodes = nodes & set(await self.transport.live("node", self.liveness_ttl))
+            waiting = {node for node in live_nodes if acks.get(node) != token}
+            if self.live_ring:
+                generations = await self.transport.generation_acks()
+                servers = set(await self.transport.live("topicserver", self.liveness_ttl))
+                waiting |= {s for s in servers if generations.get(s, -1) < self.generation}
+            if not waiting:
+                return
+            await asyncio.sleep(0.02)
+        logger.warning("topic server %s: barrier %s timed out waiting for %s", self.name, token, sorted(waiting))
+
+    async def _process(self, batch: list[tuple[str, bytes]], stamps: dict[str, int], membership_first: bool) -> None:
+        """Apply a batch, then commit its effects in one round trip (see Transport.commit_batch)."""
+        decoded = []
+        for entry_id, data in batch:
+            try:
+                decoded.append((entry_id, data, entries.unpack(data, entries.INBOX_OPS)))
+            except entries.MalformedEntry as exc:
+                self.stats["malformed"] += 1
+                logger.warning("topic server %s skipped entry %s: %s", self.name, entry_id, exc)
+        if membership_first:
+            decoded.sort(key=lambda item: _backlog_rank(item[2], stamps.get(item[0], 0)))
+        unknown = {f[1] for _, _, f in decoded if f[0] in ("pub", "fwd") and f[1] not in self.sequences}
+        unknown = [topic for topic in unknown if self.owner(topic) == self.name and self.topics.get(topic)]
+        if unknown:
+            self.sequences.update(await self.transport.load_sequences(unknown))
+        outgoing: list[tuple[str, bytes]] = []
+        touched: dict[str, int] = {}
+        stamped: dict[str, int] = {}
+        for entry_id, data, fields in decoded:
+            try:
+                self.handle(entry_id, data, fields, stamps.get(entry_id, 0), outgoing, touched, stamped)
+            except Exception:
+                logger.exception("topic server %s failed on entry %s; carrying on", self.name, entry_id)
+        await self._commit(touched, stamped, outgoing, batch[-1][0])
+
+    async def _commit(self, touched, stamped, outgoing, cursor) -> None:
+        """Commit, retrying a while; a retry may repeat entries, which nodes and owners drop as
+        repeats (sequence numbers, origins). What still fails is counted, logged, and seen as a gap."""
         for delay in _SEND_RETRY_DELAYS:
             try:
-                await self.transport.append_many(outgoing)
+                await self.transport.commit_batch(self.name, touched, stamped, outgoing, cursor)
                 return
             except TransportError as exc:
                 error = exc
@@ -116,12 +232,79 @@ class TopicServer:
         self.stats["lost_node_messages"] += len(outgoing)
         logger.error("topic server %s lost %d node messages: %s", self.name, len(outgoing), error)
 
-    async def _claim_ownership(self) -> None:
-        """Ask every live node to re-announce the topics it holds that this server owns."""
-        nodes = await self.transport.live("node", self.liveness_ttl)
-        if nodes:
-            announcement = entries.pack("owner", self.name)
-            await self.transport.append_many([(node_stream(node), announcement) for node in nodes])
+    # Ring generations (live ring only)
+
+    async def _watch_ring(self) -> None:
+        while True:
+            await asyncio.sleep(self.ring_poll)
+            try:
+                await self._watch_ring_once()
+            except TransportError as exc:
+                logger.warning("topic server %s: ring check failed: %s", self.name, exc)
+
+    async def _watch_ring_once(self) -> None:
+        """Propose the live members as the ring when they changed; note a newer generation to adopt."""
+        live = sorted(await self.transport.live("topicserver", self.liveness_ttl))
+        generation, members = await self.transport.ring_state()
+        if self.name in live and members != live and not self.leaving:
+            if await self.transport.propose_ring(generation, live) is not None:
+                generation, members = generation + 1, live
+                logger.info("topic server %s: ring generation %d is %s", self.name, generation, members)
+        epoch = await self.transport.epoch()
+        if epoch != self.epoch:  # Redis lost its state: start the generations again
+            logger.warning("topic server %s: Redis restarted empty; re-adopting the ring", self.name)
+            self.epoch, self.generation = epoch, -1
+        if generation != self.generation and members:
+            self._pending_ring = (generation, members)
+
+    async def _adopt_pending_ring(self, barrier: bool = True) -> None:
+        generation, members = self._pending_ring
+        self._pending_ring = None
+        previous = self.ring
+        self.ring, self.generation = HashRing(members), generation
+        self.sequences.clear()  # topics may have changed owner: reload from the shared store when needed
+        live = set(await self.transport.live("topicserver", self.liveness_ttl))
+        for gone in sorted(set(previous.members if previous else ()) - set(members) - live):
+            if self.ring.owner(gone) == self.name:
+                await self._take_over_inbox(gone)
+        await self.transport.ack_generation(self.name, generation)
+        self.stats["ring_changes"] += 1
+
+    async def _take_over_inbox(self, gone: str) -> None:
+        """A dead member's accepted entries go to their new owners, with any sequence number it stamped."""
+        inbox = inbox_stream(gone)
+        cursor = await self.transport.load_cursor(gone) or FIRST_ID
+        stamps = await self.transport.load_stamps(gone)
+        moved = 0
+        while True:
+            batch = await self.transport.read(inbox, cursor, 10_000, 0)
+            if not batch:
+                break
+            outgoing = []
+            for entry_id, data in batch:
+                try:
+                    fields = entries.unpack(data, entries.INBOX_OPS)
+                except entries.MalformedEntry:
+                    continue
+                if fields[0] in ("pub", "fwd"):
+                    outgoing.append(self._forward(gone, entry_id, fields, stamps.get(entry_id, 0)))
+                elif fields[0] in ("sub", "unsub"):
+                    outgoing.append((inbox_stream(self.owner(fields[1])), data))
+            if outgoing:
+                await self.transport.append_many(outgoing)
+            moved += len(outgoing)
+            cursor = batch[-1][0]
+        await self.transport.set_cursor(gone, cursor)
+        logger.info("topic server %s: took over %d entries of the dead %s", self.name, moved, gone)
+
+    def _forward(self, inbox_owner: str, entry_id: str, fields: list, stamp: int) -> tuple[str, bytes]:
+        topic, message = fields[1], fields[2]
+        if fields[0] == "fwd":
+            seq, origin = fields[3] or stamp, fields[4]
+        else:
+            seq, origin = stamp, f"{inbox_owner}/{entry_id}"
+        self.stats["forwarded"] += 1
+        return inbox_stream(self.owner(topic)), entries.pack("fwd", topic, message, seq, origin)
 
     async def _keep_alive(self) -> None:
         """Renew this server's heartbeat; forget nodes whose heartbeat expired; log a summary now and then."""
@@ -131,7 +314,8 @@ class TopicServer:
             await asyncio.sleep(self.liveness_ttl / 3)
             last_summary = self._log_summary(*last_summary)
             try:
-                await self.transport.heartbeat("topicserver", self.name)
+                if not self.leaving:
+                    await self.transport.heartbeat("topicserver", self.name)
                 snapshot = orjson.dumps(self.snapshot(rate))
                 await self.transport.put_snapshot("topicserver", self.name, snapshot, 3 * self.liveness_ttl)
                 live = await self.transport.live("node", self.liveness_ttl)
@@ -180,29 +364,45 @@ class TopicServer:
         )
         return now, summary
 
-    def handle(self, fields: list, outgoing: list[tuple[str, bytes]]) -> None:
-        """Apply one inbox entry; node appends it causes go to outgoing."""
+    def handle(self, entry_id, data, fields, stamp, outgoing, touched, stamped) -> None:
+        """Apply one inbox entry: what it sends goes to outgoing, sequence numbers to touched/stamped."""
         op = fields[0]
-        if op == "pub":
-            _, topic, message = fields
+        if op in ("pub", "fwd"):
+            topic = fields[1]
+            if self.owner(topic) != self.name:  # the ring moved on: pass it to the owner
+                outgoing.append(self._forward(self.name, entry_id, fields, stamp))
+                return
+            if op == "fwd":
+                origin = fields[4]
+                if origin in self._origins:  # a forward repeated by a retry or a second forwarder
+                    self.stats["repeats"] += 1
+                    return
+                self._origins[origin] = None
+                if len(self._origins) > _REMEMBERED_ORIGINS:
+                    self._origins.popitem(last=False)
+                stamp = fields[3] or stamp
             self.stats["published"] += 1
             nodes = self.topics.get(topic)
-            if nodes:  # a topic nobody holds needs no sequence number: nobody would see it
-                seq = self.sequences.get(topic, 0) + 1
-                self.sequences[topic] = seq
-                data = entries.pack("msg", topic, seq, message)
-                outgoing.extend((node_stream(node), data) for node in nodes)
-                self.stats["node_messages"] += len(nodes)
-        elif op == "sub":
+            if not nodes:  # a topic nobody holds needs no sequence number: nobody would see it
+                return
+            seq = stamp or self.sequences.get(topic, 0) + 1
+            self.sequences[topic] = max(seq, self.sequences.get(topic, 0))
+            touched[topic] = self.sequences[topic]
+            stamped[entry_id] = seq
+            message = entries.pack("msg", topic, seq, fields[2])
+            outgoing.extend((node_stream(node), message) for node in nodes)
+            self.stats["node_messages"] += len(nodes)
+        elif op in ("sub", "unsub"):
             _, topic, node = fields
-            self.topics.setdefault(topic, set()).add(node)
-            if node not in self.node_topics:
-                logger.info("topic server %s: node %s holds members of its topics", self.name, node)
-            self.node_topics.setdefault(node, set()).add(topic)
-            logger.debug("%s: node %s subscribes to %s", self.name, node, topic)
-        elif op == "unsub":
-            _, topic, node = fields
-            self.forget(topic, node)
+            if self.owner(topic) != self.name:
+                outgoing.append((inbox_stream(self.owner(topic)), data))
+            elif op == "sub":
+                self.topics.setdefault(topic, set()).add(node)
+                if node not in self.node_topics:
+                    logger.info("topic server %s: node %s holds members of its topics", self.name, node)
+                self.node_topics.setdefault(node, set()).add(topic)
+            else:
+                self.forget(topic, node)
         elif op == "hello":
             self.drop_node(fields[1])
 

@@ -55,5 +55,37 @@ class Transport(Protocol):
     def id_time(self, entry_id: str) -> float | None:
         """The unix time an entry was appended, if its id tells (Redis ids do)."""
 
+    # Coordination of owners (failover and handoff; topicserver/server.py explains the protocol)
+
+    async def epoch(self) -> str:
+        """Changes when the backend lost its state (Redis restarted empty)."""
+
+    async def ring_state(self) -> tuple[int, list[str]]:
+        """The live ring: (generation, members)."""
+
+    async def propose_ring(self, generation: int, members: list[str]) -> int | None:
+        """Compare-and-set the ring to generation + 1; None if the generation moved meanwhile."""
+
+    async def ack_generation(self, name: str, generation: int) -> None: ...
+    async def generation_acks(self) -> dict[str, int]: ...
+    async def ack_barrier(self, server: str, name: str, token: str) -> None: ...
+    async def barrier_acks(self, server: str) -> dict[str, str]: ...
+
+    async def load_sequences(self, topics: list[str]) -> dict[str, int]:
+        """The last sequence number committed for each topic that has one."""
+
+    async def load_cursor(self, server: str) -> str | None:
+        """The id of the last inbox entry whose effects are committed."""
+
+    async def load_stamps(self, server: str) -> dict[str, int]:
+        """inbox entry id -> sequence number of a batch that was not fully committed."""
+
+    async def commit_batch(
+        self, server: str, sequences: dict[str, int], stamps: dict[str, int], appends: list, cursor: str
+    ) -> None:
+        """Sequences and stamps, then the appends, then the cursor: a crash leaves a prefix of these."""
+
+    async def set_cursor(self, server: str, cursor: str) -> None: ...
+
     async def close(self) -> None:
         """Release connections."""

@@ -33,6 +33,12 @@ class MemoryTransport:
         self._streams: dict[str, _Stream] = {}
         self._registry: dict[tuple[str, str], float] = {}
         self._snapshots: dict[tuple[str, str], tuple[float, bytes]] = {}
+        self._ring: tuple[int, list[str]] = (0, [])
+        self._generation_acks: dict[str, int] = {}
+        self._barriers: dict[str, dict[str, str]] = {}
+        self._sequences: dict[str, int] = {}
+        self._cursors: dict[str, str] = {}
+        self._stamps: dict[str, dict[str, int]] = {}
 
     def _stream(self, name: str) -> _Stream:
         stream = self._streams.get(name)
@@ -103,7 +109,50 @@ class MemoryTransport:
     def id_time(self, entry_id: str) -> float | None:
         return None  # ids here are counters
 
+    # Coordination (the Redis transport documents each)
+
+    async def epoch(self) -> str:
+        return "memory"
+
+    async def ring_state(self) -> tuple[int, list[str]]:
+        return self._ring
+
+    async def propose_ring(self, generation: int, members: list[str]) -> int | None:
+        if self._ring[0] != generation:
+            return None
+        self._ring = (generation + 1, sorted(members))
+        return generation + 1
+
+    async def ack_generation(self, name: str, generation: int) -> None:
+        self._generation_acks[name] = generation
+
+    async def generation_acks(self) -> dict[str, int]:
+        return dict(self._generation_acks)
+
+    async def ack_barrier(self, server: str, name: str, token: str) -> None:
+        self._barriers.setdefault(server, {})[name] = token
+
+    async def barrier_acks(self, server: str) -> dict[str, str]:
+        return dict(self._barriers.get(server, {}))
+
+    async def load_sequences(self, topics: list[str]) -> dict[str, int]:
+        return {topic: self._sequences[topic] for topic in topics if topic in self._sequences}
+
+    async def load_cursor(self, server: str) -> str | None:
+        return self._cursors.get(server)
+
+    async def load_stamps(self, server: str) -> dict[str, int]:
+        return dict(self._stamps.get(server, {}))
+
+    async def commit_batch(self, server, sequences, stamps, appends, cursor) -> None:
+        self._sequences.update(sequences)
+        for stream, data in appends:
+            self._append(stream, data)
+        self._cursors[server] = cursor
+
+    async def set_cursor(self, server: str, cursor: str) -> None:
+        self._cursors[server] = cursor
+        self._stamps.pop(server, None)
+
     async def close(self) -> None:
-        self._streams.clear()
-        self._registry.clear()
-        self._snapshots.clear()
+        self.__init__(self.maxlen)

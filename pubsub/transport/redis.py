@@ -10,8 +10,10 @@ with no socket timeout, because redis-py 8's default 5 s timeout would break an
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -31,6 +33,30 @@ _REGISTRY_MEMORY = 3600.0  # a process silent for an hour leaves the registry
 
 # Liveness registries: sorted sets, member = name, score = last heartbeat (unix seconds).
 REGISTRY_KEYS = {"node": "dps:nodes", "topicserver": "dps:topicservers"}
+
+
+_EPOCH_KEY = "dps:epoch"
+_RING_KEY = "dps:ring"
+_GENERATION_ACKS_KEY = "dps:ring:acks"
+_SEQUENCES_KEY = "dps:seq"
+_PROPOSE_RING = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
+if current ~= tonumber(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], 'generation', current + 1, 'members', ARGV[2])
+return current + 1
+"""
+
+
+def _barrier_key(server: str) -> str:
+    return f"dps:barrier:{{{server}}}"
+
+
+def _cursor_key(server: str) -> str:
+    return f"dps:cursor:{{{server}}}"
+
+
+def _stamps_key(server: str) -> str:
+    return f"dps:stamps:{{{server}}}"
 
 
 def _snapshot_key(kind: str, name: str) -> str:
@@ -145,6 +171,82 @@ class RedisTransport:
 
     def id_time(self, entry_id: str) -> float | None:
         return int(entry_id.split("-", 1)[0]) / 1000
+
+    # Coordination: ring generations, barriers, sequence numbers and inbox cursors (see topicserver/server.py)
+
+    async def epoch(self) -> str:
+        """A random value set once per Redis lifetime: it changes when Redis restarts empty."""
+        await self._call("SET", _EPOCH_KEY, secrets.token_hex(8), "NX")
+        return (await self._call("GET", _EPOCH_KEY)).decode()
+
+    async def ring_state(self) -> tuple[int, list[str]]:
+        generation, members = await self._call("HMGET", _RING_KEY, "generation", "members")
+        return int(generation or 0), orjson.loads(members) if members else []
+
+    async def propose_ring(self, generation: int, members: list[str]) -> int | None:
+        """Move the ring from generation to generation + 1 with members; None if someone was first."""
+        result = await self._call("EVAL", _PROPOSE_RING, 1, _RING_KEY, generation, orjson.dumps(sorted(members)))
+        return None if result < 0 else int(result)
+
+    async def ack_generation(self, name: str, generation: int) -> None:
+        await self._call("HSET", _GENERATION_ACKS_KEY, name, generation)
+
+    async def generation_acks(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in (await self._call("HGETALL", _GENERATION_ACKS_KEY)).items()}
+
+    async def ack_barrier(self, server: str, name: str, token: str) -> None:
+        await self._call("HSET", _barrier_key(server), name, token)
+
+    async def barrier_acks(self, server: str) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in (await self._call("HGETALL", _barrier_key(server))).items()}
+
+    async def load_sequences(self, topics: list[str]) -> dict[str, int]:
+        if not topics:
+            return {}
+        values = await self._call("HMGET", _SEQUENCES_KEY, *topics)
+        return {topic: int(value) for topic, value in zip(topics, values, strict=True) if value is not None}
+
+    async def load_cursor(self, server: str) -> str | None:
+        value = await self._call("GET", _cursor_key(server))
+        return value.decode() if value else None
+
+    async def load_stamps(self, server: str) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in (await self._call("HGETALL", _stamps_key(server))).items()}
+
+    async def commit_batch(
+        self, server: str, sequences: dict[str, int], stamps: dict[str, int], appends: list[tuple[str, bytes]], cursor: str
+    ) -> None:
+        """One inbox batch's effects, in this order: sequence numbers and stamps (so a successor can
+        resend with the same numbers), the appends, then the cursor past the batch."""
+        try:
+            async with self._writer.pipeline(transaction=False) as pipe:
+                if sequences:
+                    pipe.hset(_SEQUENCES_KEY, mapping=sequences)
+                if stamps:
+                    pipe.hset(_stamps_key(server), mapping=stamps)
+                for stream, data in appends:
+                    pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
+                pipe.set(_cursor_key(server), cursor)
+                if stamps:
+                    pipe.delete(_stamps_key(server))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"committing a batch of {server} failed: {exc}") from exc
+
+    async def set_cursor(self, server: str, cursor: str) -> None:
+        async with self._writer.pipeline(transaction=False) as pipe:
+            pipe.set(_cursor_key(server), cursor)
+            pipe.delete(_stamps_key(server))
+            try:
+                await pipe.execute()
+            except (RedisError, OSError) as exc:
+                raise TransportError(f"moving the cursor of {server} failed: {exc}") from exc
+
+    async def _call(self, *command):
+        try:
+            return await self._writer.execute_command(*command)
+        except (RedisError, OSError) as exc:
+            raise TransportError(f"{command[0]} failed: {exc}") from exc
 
     async def close(self) -> None:
         for client in [self._writer, *self._readers.values()]:

@@ -29,7 +29,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, name, redis_url, metrics_port, metrics_host, **options):
         ring = HashRing(settings.DPS_TOPIC_SERVERS)
-        if name not in ring:
+        if not settings.DPS_LIVE_RING and name not in ring:
             raise CommandError(
                 f"--name {name!r} is not in the ring DPS_TOPIC_SERVERS={','.join(ring.members)}: "
                 "add it to DPS_TOPIC_SERVERS of every process, or run one of those names."
@@ -42,13 +42,15 @@ class Command(BaseCommand):
         asyncio.run(self.serve(name, redis_url, metrics_host, metrics_port))
 
     async def serve(self, name: str, redis_url: str, metrics_host: str, metrics_port: int | None) -> None:
+        ring = HashRing(settings.DPS_TOPIC_SERVERS)
         transport = RedisTransport(redis_url, maxlen=settings.DPS_STREAM_MAXLEN)
         try:
             await transport.ping()
         except TransportError as exc:
             await transport.close()
             raise CommandError(f"DPS_REDIS_URL / --redis-url: {exc}") from None
-        server = TopicServer(name, transport, liveness_ttl=settings.DPS_LIVENESS_TTL)
+        members = None if settings.DPS_LIVE_RING else list(ring.members)
+        server = TopicServer(name, transport, members=members, liveness_ttl=settings.DPS_LIVENESS_TTL)
         if metrics_port is not None:
             start_http_server(metrics_port, addr=metrics_host, registry=topic_server_registry(server))
             logger.info("topic server %s: metrics on http://%s:%d/metrics", name, metrics_host, metrics_port)
@@ -60,6 +62,8 @@ class Command(BaseCommand):
         stopping = loop.create_task(stop.wait())
         try:
             await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set() and server.live_ring and not running.done():
+                await server.leave()  # hand over before stopping: no gap for subscribers
         finally:
             await stop_tasks([running, stopping])
             try:
