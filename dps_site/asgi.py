@@ -20,6 +20,8 @@ from pubsub.consumers import PhoenixSocket, RejectingSocket  # noqa: E402
 
 # Fail at start, naming the setting, rather than at the first websocket.
 get_channel_layer().check()
+# This process is a websocket node: on SIGTERM it drains (closes sockets so clients go elsewhere).
+get_channel_layer().drain_on_sigterm = True
 
 phoenix_socket = PhoenixSocket.as_asgi(
     max_frame_bytes=settings.DPS_MAX_FRAME_BYTES,

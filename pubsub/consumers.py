@@ -97,9 +97,9 @@ class PhoenixSocket(AsyncConsumer):
         await self.send(accept)
         self.accepted = True
         self._count("connections_opened")
-        register = getattr(self.channel_layer, "register_fastlane", None)
-        if register is not None:
-            register(self.channel_name, self._fastlane)
+        if hasattr(self.channel_layer, "register_fastlane"):
+            self.channel_layer.register_fastlane(self.channel_name, self._fastlane)
+            self.channel_layer.register_closer(self.channel_name, self._close_for_drain)
         self._touch()
         self._arm_idle_timer()
 
@@ -158,6 +158,10 @@ class PhoenixSocket(AsyncConsumer):
             text = protocol.frame_from_tail(join.encoded_ref, message["tail"])
             send_nowait(self.base_send, {"type": "websocket.send", "text": text})
         return True
+
+    def _close_for_drain(self) -> None:
+        """The node is stopping: close with a code after which clients reconnect (to another node)."""
+        send_nowait(self.base_send, {"type": "websocket.close", "code": CLOSE_GOING_AWAY})
 
     # Protocol handling
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import secrets
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -64,6 +67,7 @@ class TopicRingLayer(BaseChannelLayer):
         stream_maxlen: int = 100_000,
         liveness_ttl: float = 5.0,
         live_ring: bool = False,
+        drain_on_sigterm: bool = False,
     ):
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
         if not NODE_NAME_PATTERN.match(node or ""):
@@ -76,6 +80,7 @@ class TopicRingLayer(BaseChannelLayer):
         self.stream_maxlen = stream_maxlen
         self.liveness_ttl = liveness_ttl
         self.live_ring = live_ring
+        self.drain_on_sigterm = drain_on_sigterm
         self.ring_poll = min(1.0, liveness_ttl / 4)
         self.static_ring = self.ring
         self.redis_url = redis_url
@@ -91,8 +96,10 @@ class TopicRingLayer(BaseChannelLayer):
         self.epoch = ""
         self.ring = self.static_ring
         self.stream_lag = 0.0
+        self.draining = False
         self._mailboxes: dict[str, Mailbox] = {}
         self._fastlanes: dict[str, Callable[[dict], bool]] = {}
+        self._closers: dict[str, Callable[[], None]] = {}
         self._groups: dict[str, set[str]] = {}
         self._last_seq: dict[str, int] = {}
         self._announcements: dict[str, asyncio.Future] = {}
@@ -236,10 +243,36 @@ class TopicRingLayer(BaseChannelLayer):
         """
         self._fastlanes[channel] = fastlane
 
+    def register_closer(self, channel: str, close: Callable[[], None]) -> None:
+        """How to close channel's connection when this node drains (close must not block)."""
+        self._closers[channel] = close
+
     def discard_channel(self, channel: str) -> None:
-        """Forget a closed channel's mailbox and fastlane now (its groups must have been left already)."""
+        """Forget a closed channel's mailbox, fastlane and closer now (its groups must have been left already)."""
         self._mailboxes.pop(channel, None)
         self._fastlanes.pop(channel, None)
+        self._closers.pop(channel, None)
+
+    async def drain(self, batch: int = 500, pause: float = 0.05) -> None:
+        """Stop serving: close the connections in batches (clients reconnect to another node), tell
+        the owners this node holds nothing, and leave the registry."""
+        closers = list(self._closers.values())
+        logger.info("node %s: draining %d connections", self.node, len(closers))
+        for first in range(0, len(closers), batch):
+            for close in closers[first : first + batch]:
+                try:
+                    close()
+                except Exception:
+                    logger.exception("node %s: closing a connection failed", self.node)
+            await asyncio.sleep(pause)
+        groups, self._groups = list(self._groups), {}
+        unsubscribe = entries.pack
+        await self.transport.append_many(
+            [(inbox_stream(self.ring.owner(group)), unsubscribe("unsub", group, self.node)) for group in groups]
+        )
+        await self.transport.forget("node", self.node)
+        self.draining = True
+        logger.info("node %s: drained; left %d topics", self.node, len(groups))
 
     def local_members(self, group: str) -> int:
         return len(self._groups.get(group, ()))
@@ -323,9 +356,35 @@ class TopicRingLayer(BaseChannelLayer):
         hello = entries.pack("hello", self.node)
         await self.transport.append_many([(inbox_stream(server), hello) for server in self.ring.members])
         self._spawn(self._keep_alive(), f"dps-keep-alive-{self.node}")
+        if self.drain_on_sigterm:
+            self._drain_on_sigterm()
         self._spawn(self._sweep_idle_channels(), f"dps-channel-sweeper-{self.node}")
         if not self.embedded:
             self._spawn(self._watch_ring(), f"dps-ring-{self.node}")
+
+    def _drain_on_sigterm(self) -> None:
+        """Run drain() when SIGTERM arrives, then hand the signal to the handler it replaced (daphne's
+        Twisted reactor stops on it). Installed once the server runs, so it comes after Twisted's."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGTERM)
+
+        async def drain_then_stop(signum, frame):
+            try:
+                await asyncio.wait_for(self.drain(), 4 * self.liveness_ttl)
+            except Exception:
+                logger.exception("node %s: draining failed; stopping anyway", self.node)
+            signal.signal(signal.SIGTERM, previous)
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def on_sigterm(signum, frame):
+            loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_stop(signum, frame)))
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     def _make_transport(self) -> Transport:
         if self.redis_url is None:
@@ -398,8 +457,8 @@ class TopicRingLayer(BaseChannelLayer):
                 epoch = await self.transport.epoch()
                 if epoch != self.epoch:
                     logger.warning("node %s: Redis restarted empty; announcing every topic again", self.node)
+                    # Owners keep numbering from memory, so the last numbers seen stay valid.
                     self.epoch, self.generation = epoch, -1
-                    self._last_seq.clear()  # owners number again from what Redis now holds
                     if self.live_ring:
                         await self._follow_ring()
                     await self._reannounce(list(self._groups))
@@ -423,6 +482,8 @@ class TopicRingLayer(BaseChannelLayer):
         rate = RateMeter()
         while True:
             try:
+                if self.draining:
+                    return
                 await self.transport.heartbeat("node", self.node)
                 snapshot = self.snapshot(rate)
                 await self.transport.put_snapshot("node", self.node, orjson.dumps(snapshot), 3 * self.liveness_ttl)

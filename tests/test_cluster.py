@@ -251,3 +251,32 @@ async def test_restarted_topic_server_serves_its_subscribers_again(cluster_facto
         for ws in (a, b):
             assert [p["m"] for _, p in await broadcasts(ws, 5)] == list(range(5))
             await quiet(ws)
+
+
+async def test_sigterm_drains_a_node(cluster_factory):
+    cluster = cluster_factory()
+    topic = TOPICS["ts-1"][0]
+    client = cluster.redis.client()
+    sockets = [await websockets.connect(cluster.nodes["ws-b"].url()) for _ in range(20)]
+    try:
+        for ws in sockets:
+            await join(ws, topic)
+        async with websockets.connect(cluster.nodes["ws-a"].url()) as publisher:
+            await join(publisher, topic)
+            stopping = asyncio.ensure_future(asyncio.to_thread(cluster.nodes["ws-b"].stop, signal.SIGTERM, 30))
+            for ws in sockets:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), TIMEOUT)
+                assert closed.value.rcvd.code == 4001, "a close code after which clients reconnect"
+            assert await stopping == 0, cluster.nodes["ws-b"].output()
+            assert client.zscore("dps:nodes", "ws-b") is None, "the drained node left the registry"
+            before = client.xlen("dps:node:{ws-b}")
+            await publisher.send(json.dumps(["1", "p", topic, "publish", ["n", {}]]))
+            await broadcasts(publisher, 1)
+            assert client.xlen("dps:node:{ws-b}") == before, "the owner no longer sends to the drained node"
+    finally:
+        for ws in sockets:
+            await ws.close()
+        client.close()
+    assert "node ws-b: drained" in cluster.nodes["ws-b"].output()

@@ -75,6 +75,7 @@ class TopicServer:
         self.leaving = False
         self.epoch = ""
         self._pending_ring: tuple[int, list[str]] | None = None
+        self._propose_after = 0.0
         self._origins: OrderedDict[str, None] = OrderedDict()
         self.transport = transport
         self.liveness_ttl = liveness_ttl
@@ -100,7 +101,9 @@ class TopicServer:
         # Resume after the last committed batch: what was accepted while this server was down is served now.
         cursor = await self.transport.load_cursor(self.name) or await self.transport.last_id(self.inbox)
         stamps = await self.transport.load_stamps(self.name)
-        logger.info("topic server %s (generation %d) reading %s after %s", self.name, self.generation, self.inbox, cursor)
+        logger.info(
+            "topic server %s (generation %d) reading %s after %s", self.name, self.generation, self.inbox, cursor
+        )
         tasks = [asyncio.get_running_loop().create_task(self._keep_alive(), name=f"dps-keep-alive-{self.name}")]
         if self.live_ring:
             tasks.append(asyncio.get_running_loop().create_task(self._watch_ring(), name=f"dps-ring-{self.name}"))
@@ -136,10 +139,15 @@ class TopicServer:
 
     async def _read_inbox(self, cursor: str) -> None:
         while True:
-            if self._pending_ring is not None:
-                await self._adopt_pending_ring()
-                cursor = await self._barrier_and_backlog(cursor, {})
             try:
+                if self._pending_ring is not None:
+                    pending = self._pending_ring
+                    try:
+                        await self._adopt_pending_ring()
+                    except TransportError:
+                        self._pending_ring = self._pending_ring or pending  # try again on the next turn
+                        raise
+                    cursor = await self._barrier_and_backlog(cursor, {})
                 batch = await self.transport.read(self.inbox, cursor, self.batch_size, self.block_ms)
             except TransportError as exc:
                 logger.warning("topic server %s: reading its inbox failed (%s); retrying", self.name, exc)
@@ -206,9 +214,10 @@ class TopicServer:
         if membership_first:
             decoded.sort(key=lambda item: _backlog_rank(item[2], stamps.get(item[0], 0)))
         unknown = {f[1] for _, _, f in decoded if f[0] in ("pub", "fwd") and f[1] not in self.sequences}
-        unknown = [topic for topic in unknown if self.owner(topic) == self.name and self.topics.get(topic)]
-        if unknown:
-            self.sequences.update(await self.transport.load_sequences(unknown))
+        unknown = [topic for topic in unknown if self.owner(topic) == self.name]
+        if unknown:  # (not yet numbered topics are cached as 0, so they are asked for once)
+            loaded = await self.transport.load_sequences(unknown)
+            self.sequences.update({topic: loaded.get(topic, 0) for topic in unknown})
         outgoing: list[tuple[str, bytes]] = []
         touched: dict[str, int] = {}
         stamped: dict[str, int] = {}
@@ -244,16 +253,18 @@ class TopicServer:
 
     async def _watch_ring_once(self) -> None:
         """Propose the live members as the ring when they changed; note a newer generation to adopt."""
+        epoch = await self.transport.epoch()
+        if epoch != self.epoch:
+            if self.epoch:  # Redis lost its state: wait one TTL for every live server to register again
+                logger.warning("topic server %s: Redis restarted empty; re-adopting the ring", self.name)
+                self._propose_after = time.monotonic() + self.liveness_ttl
+            self.epoch, self.generation = epoch, -1
         live = sorted(await self.transport.live("topicserver", self.liveness_ttl))
         generation, members = await self.transport.ring_state()
-        if self.name in live and members != live and not self.leaving:
+        if self.name in live and members != live and not self.leaving and time.monotonic() >= self._propose_after:
             if await self.transport.propose_ring(generation, live) is not None:
                 generation, members = generation + 1, live
                 logger.info("topic server %s: ring generation %d is %s", self.name, generation, members)
-        epoch = await self.transport.epoch()
-        if epoch != self.epoch:  # Redis lost its state: start the generations again
-            logger.warning("topic server %s: Redis restarted empty; re-adopting the ring", self.name)
-            self.epoch, self.generation = epoch, -1
         if generation != self.generation and members:
             self._pending_ring = (generation, members)
 
@@ -262,7 +273,9 @@ class TopicServer:
         self._pending_ring = None
         previous = self.ring
         self.ring, self.generation = HashRing(members), generation
-        self.sequences.clear()  # topics may have changed owner: reload from the shared store when needed
+        for topic in list(self.sequences):  # a topic that changed owner: reload its number when needed
+            if previous is None or previous.owner(topic) != self.ring.owner(topic):
+                del self.sequences[topic]
         live = set(await self.transport.live("topicserver", self.liveness_ttl))
         for gone in sorted(set(previous.members if previous else ()) - set(members) - live):
             if self.ring.owner(gone) == self.name:

@@ -89,12 +89,14 @@ class RedisTransport:
         try:
             await self._writer.ping()
         except (RedisError, OSError) as exc:
+            await self._drop_connections()
             raise TransportError(f"Redis at {self.url} is unreachable: {exc}") from exc
 
     async def append(self, stream: str, data: bytes) -> None:
         try:
             await self._writer.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
         except (RedisError, OSError) as exc:
+            await self._drop_connections()
             raise TransportError(f"XADD {stream} failed: {exc}") from exc
 
     async def append_many(self, items: list[tuple[str, bytes]]) -> None:
@@ -104,12 +106,14 @@ class RedisTransport:
                     pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
+            await self._drop_connections()
             raise TransportError(f"pipelined XADD of {len(items)} entries failed: {exc}") from exc
 
     async def last_id(self, stream: str) -> str:
         try:
             newest = await self._writer.xrevrange(stream, count=1)
         except (RedisError, OSError) as exc:
+            await self._drop_connections()
             raise TransportError(f"XREVRANGE {stream} failed: {exc}") from exc
         return newest[0][0].decode() if newest else FIRST_ID
 
@@ -117,6 +121,7 @@ class RedisTransport:
         try:
             reply = await self._reader(stream).xread({stream: after}, count=count, block=block_ms or None)
         except (RedisError, OSError) as exc:
+            await self._drop_connections()
             raise TransportError(f"XREAD {stream} failed: {exc}") from exc
         if not reply:
             return []
@@ -136,6 +141,7 @@ class RedisTransport:
                 pipe.zremrangebyscore(REGISTRY_KEYS[kind], "-inf", now - _REGISTRY_MEMORY)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
+            await self._drop_connections()
             raise TransportError(f"heartbeat of {kind} {name} failed: {exc}") from exc
 
     async def live(self, kind: str, ttl: float) -> dict[str, float]:
@@ -143,6 +149,7 @@ class RedisTransport:
         try:
             rows = await self._writer.zrangebyscore(REGISTRY_KEYS[kind], time.time() - ttl, "+inf", withscores=True)
         except (RedisError, OSError) as exc:
+            await self._drop_connections()
             raise TransportError(f"reading the {kind} registry failed: {exc}") from exc
         return {name.decode(): score for name, score in rows}
 
@@ -151,6 +158,7 @@ class RedisTransport:
         try:
             await self._writer.zrem(REGISTRY_KEYS[kind], name)
         except (RedisError, OSError) as exc:
+            await self._drop_connections()
             raise TransportError(f"unregistering {kind} {name} failed: {exc}") from exc
 
     # Snapshots for the admin page: one key per process, found through the liveness registry.
@@ -159,6 +167,7 @@ class RedisTransport:
         try:
             await self._writer.set(_snapshot_key(kind, name), data, px=int(ttl * 1000))
         except (RedisError, OSError) as exc:
+            await self._drop_connections()
             raise TransportError(f"storing the snapshot of {kind} {name} failed: {exc}") from exc
 
     async def snapshots(self, kind: str) -> dict[str, bytes]:
@@ -166,6 +175,7 @@ class RedisTransport:
             names = [name.decode() for name in await self._writer.zrange(REGISTRY_KEYS[kind], 0, -1)]
             values = await self._writer.mget([_snapshot_key(kind, name) for name in names]) if names else []
         except (RedisError, OSError) as exc:
+            await self._drop_connections()
             raise TransportError(f"reading {kind} snapshots failed: {exc}") from exc
         return {name: value for name, value in zip(names, values, strict=True) if value is not None}
 
@@ -214,7 +224,12 @@ class RedisTransport:
         return {k.decode(): int(v) for k, v in (await self._call("HGETALL", _stamps_key(server))).items()}
 
     async def commit_batch(
-        self, server: str, sequences: dict[str, int], stamps: dict[str, int], appends: list[tuple[str, bytes]], cursor: str
+        self,
+        server: str,
+        sequences: dict[str, int],
+        stamps: dict[str, int],
+        appends: list[tuple[str, bytes]],
+        cursor: str,
     ) -> None:
         """One inbox batch's effects, in this order: sequence numbers and stamps (so a successor can
         resend with the same numbers), the appends, then the cursor past the batch."""
@@ -231,6 +246,7 @@ class RedisTransport:
                     pipe.delete(_stamps_key(server))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
+            await self._drop_connections()
             raise TransportError(f"committing a batch of {server} failed: {exc}") from exc
 
     async def set_cursor(self, server: str, cursor: str) -> None:
@@ -240,13 +256,22 @@ class RedisTransport:
             try:
                 await pipe.execute()
             except (RedisError, OSError) as exc:
+                await self._drop_connections()
                 raise TransportError(f"moving the cursor of {server} failed: {exc}") from exc
 
     async def _call(self, *command):
         try:
             return await self._writer.execute_command(*command)
         except (RedisError, OSError) as exc:
+            await self._drop_connections()
             raise TransportError(f"{command[0]} failed: {exc}") from exc
+
+    async def _drop_connections(self) -> None:
+        """After a failure every pooled connection may be stale (Redis restarted): open fresh ones."""
+        try:
+            await self._writer.connection_pool.disconnect()
+        except (RedisError, OSError):
+            pass
 
     async def close(self) -> None:
         for client in [self._writer, *self._readers.values()]:
