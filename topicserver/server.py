@@ -75,7 +75,7 @@ class TopicServer:
         self.leaving = False
         self.epoch = ""
         self._pending_ring: tuple[int, list[str]] | None = None
-        self._propose_after = 0.0
+        self._trust_registry_after = 0.0
         self._origins: OrderedDict[str, None] = OrderedDict()
         self.transport = transport
         self.liveness_ttl = liveness_ttl
@@ -253,20 +253,31 @@ class TopicServer:
 
     async def _watch_ring_once(self) -> None:
         """Propose the live members as the ring when they changed; note a newer generation to adopt."""
-        epoch = await self.transport.epoch()
-        if epoch != self.epoch:
-            if self.epoch:  # Redis lost its state: wait one TTL for every live server to register again
-                logger.warning("topic server %s: Redis restarted empty; re-adopting the ring", self.name)
-                self._propose_after = time.monotonic() + self.liveness_ttl
-            self.epoch, self.generation = epoch, -1
+        await self._check_epoch()
         live = sorted(await self.transport.live("topicserver", self.liveness_ttl))
         generation, members = await self.transport.ring_state()
-        if self.name in live and members != live and not self.leaving and time.monotonic() >= self._propose_after:
+        if (
+            self.name in live
+            and members != live
+            and not self.leaving
+            and time.monotonic() >= self._trust_registry_after
+        ):
             if await self.transport.propose_ring(generation, live) is not None:
                 generation, members = generation + 1, live
                 logger.info("topic server %s: ring generation %d is %s", self.name, generation, members)
         if generation != self.generation and members:
             self._pending_ring = (generation, members)
+
+    async def _check_epoch(self) -> None:
+        """Redis restarted empty: its registries are empty until every process renews its heartbeat,
+        so for one TTL nobody counts as dead and no ring is proposed."""
+        epoch = await self.transport.epoch()
+        if epoch != self.epoch:
+            if self.epoch:
+                logger.warning("topic server %s: Redis restarted empty; trusting no registry for a TTL", self.name)
+                self._trust_registry_after = time.monotonic() + self.liveness_ttl
+                self.generation = -1
+            self.epoch = epoch
 
     async def _adopt_pending_ring(self, barrier: bool = True) -> None:
         generation, members = self._pending_ring
@@ -327,6 +338,7 @@ class TopicServer:
             await asyncio.sleep(self.liveness_ttl / 3)
             last_summary = self._log_summary(*last_summary)
             try:
+                await self._check_epoch()
                 if not self.leaving:
                     await self.transport.heartbeat("topicserver", self.name)
                 snapshot = orjson.dumps(self.snapshot(rate))
@@ -334,6 +346,8 @@ class TopicServer:
                 live = await self.transport.live("node", self.liveness_ttl)
             except TransportError as exc:
                 logger.warning("topic server %s: liveness check failed: %s", self.name, exc)
+                continue
+            if time.monotonic() < self._trust_registry_after:
                 continue
             for node in self.node_topics.keys() - live.keys():
                 logger.info("topic server %s: node %s missed its heartbeat", self.name, node)
