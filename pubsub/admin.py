@@ -9,6 +9,7 @@ from django.template.response import TemplateResponse
 
 from pubsub.ownership import SORT_KEYS, build_report, collect, rebalance_preview, sort_topics
 from pubsub.protocol import valid_topic
+from pubsub.ring import HashRing
 
 __all__ = ["ownership_view"]
 
@@ -22,8 +23,9 @@ def ownership_view(request):
     """Staff only (wrapped in admin_view); ``?topic=`` looks one up, ``?sort=&dir=&page=`` order the topics,
     ``?format=json`` returns the whole report for scripts."""
     layer = get_channel_layer()
-    servers, nodes = async_to_sync(collect)(layer)
-    ring = layer.ring
+    servers, nodes, (generation, members) = async_to_sync(collect)(layer)
+    live = layer.live_ring and bool(members)
+    ring = HashRing(members) if live else layer.ring
     report = build_report(ring, servers, nodes, layer.liveness_ttl)
     sort = request.GET.get("sort", "topic")
     sort = sort if sort in SORT_KEYS else "topic"
@@ -51,6 +53,7 @@ def ownership_view(request):
         "joining": joining,
         "preview": rebalance_preview(ring, [row.topic for row in report.topics], joining),
         "mode": "embedded (one process, in memory)" if layer.embedded else "cluster over Redis",
+        "ring_source": f"live, generation {generation}" if live else "static (DPS_TOPIC_SERVERS)",
         "ttl": layer.liveness_ttl,
     }
     return TemplateResponse(request, "admin/pubsub/ownership.html", context)

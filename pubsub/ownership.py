@@ -63,8 +63,9 @@ class Report:
     topics: list[TopicRow]
 
 
-async def collect(layer) -> tuple[dict[str, dict], dict[str, dict]]:
-    """The unexpired snapshots (topic servers, nodes) of the cluster the layer belongs to."""
+async def collect(layer) -> tuple[dict[str, dict], dict[str, dict], tuple[int, list[str]]]:
+    """The unexpired snapshots (topic servers, nodes) of the cluster the layer belongs to, and the
+    live ring (generation, members)."""
     if layer.redis_url is not None:
         from pubsub.transport.redis import RedisTransport
 
@@ -77,10 +78,10 @@ async def collect(layer) -> tuple[dict[str, dict], dict[str, dict]]:
     return await _read(layer.transport)
 
 
-async def _read(transport) -> tuple[dict[str, dict], dict[str, dict]]:
+async def _read(transport):
     servers = {name: orjson.loads(data) for name, data in (await transport.snapshots("topicserver")).items()}
     nodes = {name: orjson.loads(data) for name, data in (await transport.snapshots("node")).items()}
-    return servers, nodes
+    return servers, nodes, await transport.ring_state()
 
 
 def build_report(
