@@ -149,12 +149,7 @@ class TopicRingLayer(BaseChannelLayer):
         this call returns, so a member never misses a message sent after its join.
         A channel of another node is added by that node, shortly after this returns.
         """
-        self.require_valid_group_name(group)
-        self.require_valid_channel_name(channel)
-        await self._ensure_started()
-        node = self.node_of(channel)
-        if node is not None and node != self.node:
-            await self._append(node_stream(node), entries.pack("gadd", group, channel))
+        if await self._group_change_elsewhere("gadd", group, channel):
             return
         members = self._groups.get(group)
         if members is None:
@@ -168,14 +163,8 @@ class TopicRingLayer(BaseChannelLayer):
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove channel from group; the owner forgets this node when its last member leaves."""
-        self.require_valid_group_name(group)
-        self.require_valid_channel_name(channel)
-        await self._ensure_started()
-        node = self.node_of(channel)
-        if node is not None and node != self.node:
-            await self._append(node_stream(node), entries.pack("gdiscard", group, channel))
-            return
-        await self._leave_local(group, channel)
+        if not await self._group_change_elsewhere("gdiscard", group, channel):
+            await self._leave_local(group, channel)
 
     async def group_send(self, group: str, message: dict) -> None:
         """One append to the group's owner, which sequences it and fans it out once per node."""
@@ -278,6 +267,17 @@ class TopicRingLayer(BaseChannelLayer):
         return len(self._groups.get(group, ()))
 
     # Internals
+
+    async def _group_change_elsewhere(self, op: str, group: str, channel: str) -> bool:
+        """Validate; a channel of another node is passed to that node (True), which applies the change."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self._ensure_started()
+        node = self.node_of(channel)
+        if node is None or node == self.node:
+            return False
+        await self._append(node_stream(node), entries.pack(op, group, channel))
+        return True
 
     def _check_message(self, message: dict) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):

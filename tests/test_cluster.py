@@ -10,7 +10,7 @@ import websockets
 
 from pubsub.ring import HashRing
 from tests import phoenix_js
-from tests.test_daphne import SEED_BROADCAST, recv_until
+from tests.test_daphne import seed_session
 
 pytestmark = pytest.mark.processes
 
@@ -50,17 +50,7 @@ async def quiet(ws, wait=0.3):
 
 
 async def test_seed_example_across_two_nodes(cluster):
-    node_a, node_b = cluster.nodes["ws-a"], cluster.nodes["ws-b"]
-    async with websockets.connect(node_a.url()) as terminal1, websockets.connect(node_b.url()) as terminal2:
-        await terminal1.send('["1", "1", "topics:matrix", "phx_join", {}]')
-        assert await terminal1.recv() == '["1","1","topics:matrix","phx_reply",{"status":"ok","response":{}}]'
-        await terminal2.send('["1", "1", "topics:matrix", "phx_join", {}]')
-        assert await terminal2.recv() == '["1","1","topics:matrix","phx_reply",{"status":"ok","response":{}}]'
-        await terminal2.send(
-            '["1", "1", "topics:matrix", "publish", ["event", { "message": "red pill or blue pill?"}]]'
-        )
-        await recv_until(terminal2, lambda f: f == SEED_BROADCAST)
-        assert await asyncio.wait_for(terminal1.recv(), TIMEOUT) == SEED_BROADCAST
+    await seed_session(cluster.nodes["ws-a"].url(), cluster.nodes["ws-b"].url())
 
 
 async def test_cross_node_delivery_exactly_once_in_one_order(cluster):

@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import websockets
 import yaml
 from django.core.management import get_commands
 
 from tests.processes import HOST, ROOT, ManagedProcess, TopicServerProcess, dps_env, free_port
-from tests.test_daphne import SEED_BROADCAST, recv_until
+from tests.test_daphne import seed_session
 
 pytestmark = pytest.mark.processes
 
@@ -87,13 +86,7 @@ async def test_runcluster_runs_the_seed_example_and_stops_everything():
             assert asyncio.get_running_loop().time() < deadline, cluster.output()
             await asyncio.sleep(0.1)
         url = "ws://127.0.0.1:{}/socket/websocket?vsn=2.0.0"
-        async with websockets.connect(url.format(port_a)) as t1, websockets.connect(url.format(port_b)) as t2:
-            await t1.send('["1", "1", "topics:matrix", "phx_join", {}]')
-            await t1.recv()
-            await t2.send('["1", "1", "topics:matrix", "phx_join", {}]')
-            await t2.recv()
-            await t2.send('["1", "1", "topics:matrix", "publish", ["event", { "message": "red pill or blue pill?"}]]')
-            await recv_until(t1, lambda f: f == SEED_BROADCAST)
+        await seed_session(url.format(port_a), url.format(port_b))
     finally:
         code = cluster.stop(signal.SIGINT, timeout=30)
     output = cluster.output()

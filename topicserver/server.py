@@ -2,14 +2,26 @@
 
 It reads its inbox stream, keeps topic -> nodes with local members, stamps each
 published message with the topic's next sequence number and appends it once per
-node that holds members (not once per subscriber), all appends of one inbox
-batch going out in one pipelined round trip. Per topic, messages leave in
+node that holds members (not once per subscriber). Per topic, messages leave in
 sequence order. No Django views here; the runtopicserver command wraps it.
 
-Liveness: it renews its own heartbeat, and forgets the memberships of nodes
-whose heartbeat is older than the TTL (a node killed with -9 leaves no ghosts).
-When it starts, it tells every live node, which re-announce the topics they
-hold that it owns, so a restarted server gets its membership back.
+Durability: each inbox batch is committed in one pipeline, in this order: the
+topics' last sequence numbers and the batch's stamps (entry id -> number), the
+appends, the inbox cursor. A restarted server, or the successor of a dead one,
+resumes after the cursor and resends a half-sent batch with the same numbers;
+nodes drop numbers they have already seen.
+
+Barrier: before serving a backlog (at start, or after adopting a ring
+generation) the server asks every live node to adopt its generation, to
+re-announce the topics it owns here and to acknowledge; with a live ring it also
+waits until every live topic server has adopted the generation. The backlog is
+then served membership first, so nobody misses a message accepted before.
+
+Live ring: the members are the registered topic servers; a change gets a new
+generation (compare-and-set). Entries for topics a server no longer owns are
+forwarded to the owner with their origin (repeats are dropped) and any number
+already stamped. Liveness: the server renews its heartbeat and forgets nodes
+whose heartbeat expired (a node killed with -9 leaves no ghosts).
 """
 
 from __future__ import annotations
