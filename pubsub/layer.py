@@ -489,7 +489,7 @@ class TopicRingLayer(BaseChannelLayer):
                 await self.transport.put_snapshot("node", self.node, orjson.dumps(snapshot), 3 * self.liveness_ttl)
             except TransportError as exc:
                 logger.warning("node %s: heartbeat failed: %s", self.node, exc)
-            await asyncio.sleep(self.liveness_ttl / 3)
+            await asyncio.sleep(min(1.0, self.liveness_ttl / 3))
 
     def snapshot(self, rate: RateMeter | None = None) -> dict:
         """What this node reports about itself: counters, connections, local members per topic."""

@@ -14,6 +14,8 @@ from collections import defaultdict
 import pytest
 import websockets
 
+from pubsub.layer import TopicRingLayer
+from pubsub.ownership import collect
 from pubsub.ring import HashRing
 from tests.conftest import Cluster
 
@@ -222,6 +224,10 @@ async def test_a_fourth_server_joins_live(live_cluster):
         report = workload.report()
     finally:
         await workload.stop()
+    # The admin page reads the same live ring (generation and members).
+    reader = TopicRingLayer(topic_servers=["ts-1"], redis_url=cluster.redis.url, live_ring=True)
+    _, _, (generation, members) = await collect(reader)
+    assert members == ["ts-1", "ts-2", "ts-3", "ts-4"] and generation >= 2
     three, four = HashRing(["ts-1", "ts-2", "ts-3"]), HashRing(["ts-1", "ts-2", "ts-3", "ts-4"])
     moved = sum(three.owner(t) != four.owner(t) for t in TOPICS)
     print(f"\n{moved} of {len(TOPICS)} topics moved to ts-4")

@@ -347,7 +347,7 @@ class TopicServer:
         last_summary = (0.0, None)
         rate = RateMeter()
         while True:
-            await asyncio.sleep(self.liveness_ttl / 3)
+            await asyncio.sleep(min(1.0, self.liveness_ttl / 3))
             last_summary = self._log_summary(*last_summary)
             try:
                 await self._check_epoch()
