@@ -64,7 +64,8 @@ def test_runtopicserver_stops_cleanly_on_signals(redis_server, sig):
         assert client.zscore("dps:topicservers", "ts-1") is None, "a clean stop unregisters at once"
 
 
-async def test_runcluster_runs_the_seed_example_and_stops_everything():
+@pytest.mark.parametrize("ring", ["static", "live"])
+async def test_runcluster_runs_the_seed_example_and_stops_everything(ring):
     redis_port, port_a, port_b = free_port(), free_port(), free_port()
     cluster = ManagedProcess(
         [
@@ -75,6 +76,8 @@ async def test_runcluster_runs_the_seed_example_and_stops_everything():
             f"redis://{HOST}:{redis_port}/0",
             "--nodes",
             f"ws-a:{port_a},ws-b:{port_b}",
+            "--ring",
+            ring,
         ],
         dps_env(),
         "runcluster",

@@ -33,8 +33,11 @@ class Command(BaseCommand):
         parser.add_argument("--topic-servers", default="ts-1,ts-2", help="names, comma-separated")
         parser.add_argument("--nodes", default="ws-a:4000,ws-b:4001", help="name:port pairs, comma-separated")
         parser.add_argument("--host", default="127.0.0.1", help="address the daphne nodes listen on")
+        parser.add_argument(
+            "--ring", choices=("static", "live"), default=settings.DPS_RING, help="DPS_RING for every process"
+        )
 
-    def handle(self, *args, redis_url, topic_servers, nodes, host, **options):
+    def handle(self, *args, redis_url, topic_servers, nodes, host, ring, **options):
         servers = [name.strip() for name in topic_servers.split(",") if name.strip()]
         node_ports = [self._node(spec) for spec in nodes.split(",") if spec.strip()]
         if not servers or not node_ports:
@@ -43,7 +46,7 @@ class Command(BaseCommand):
         self.stopping = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stopping.set())
-        env = {**os.environ, "DPS_REDIS_URL": redis_url, "DPS_TOPIC_SERVERS": ",".join(servers)}
+        env = {**os.environ, "DPS_REDIS_URL": redis_url, "DPS_TOPIC_SERVERS": ",".join(servers), "DPS_RING": ring}
         env["PYTHONUNBUFFERED"] = "1"
         try:
             if not self._redis_answers(redis_url):
