@@ -132,11 +132,15 @@ class PhoenixSocket(AsyncConsumer):
         if self.accepted:
             self._count("connections_closed")
         topics, self.joins = list(self.joins), {}
-        for topic in topics:
-            await self.channel_layer.group_discard(topic, self.channel_name)
-        discard = getattr(self.channel_layer, "discard_channel", None)
-        if discard is not None:
-            discard(self.channel_name)
+        try:
+            for topic in topics:
+                await self.channel_layer.group_discard(topic, self.channel_name)
+        except TransportError as exc:  # the owners drop this node's membership when it stops renewing it
+            logger.warning("leaving %d topics on disconnect failed: %s", len(topics), exc)
+        finally:
+            discard = getattr(self.channel_layer, "discard_channel", None)
+            if discard is not None:
+                discard(self.channel_name)
         raise StopConsumer()
 
     # Channel layer events

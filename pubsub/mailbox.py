@@ -44,6 +44,8 @@ class Mailbox:
                 # A message may have been handed to us as we were cancelled: pass the wake-up on.
                 if waiter.done() and not waiter.cancelled() and self.messages:
                     self._wake_next()
+                elif waiter in self.waiters:  # else the channel would look received on forever
+                    self.waiters.remove(waiter)
                 raise
         return self.messages.popleft()
 
