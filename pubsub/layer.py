@@ -255,10 +255,7 @@ class TopicRingLayer(BaseChannelLayer):
                     logger.exception("node %s: closing a connection failed", self.node)
             await asyncio.sleep(pause)
         groups, self._groups = list(self._groups), {}
-        unsubscribe = entries.pack
-        await self.transport.append_many(
-            [(inbox_stream(self.ring.owner(group)), unsubscribe("unsub", group, self.node)) for group in groups]
-        )
+        await self._tell_owners("unsub", groups)
         await self.transport.forget("node", self.node)
         self.draining = True
         logger.info("node %s: drained; left %d topics", self.node, len(groups))
@@ -438,15 +435,15 @@ class TopicRingLayer(BaseChannelLayer):
             _, server, token, generation = fields
             if self.live_ring and generation > self.generation:
                 await self._follow_ring()
-            await self._reannounce([group for group in self._groups if self.ring.owner(group) == server])
+            await self._tell_owners("sub", [group for group in self._groups if self.ring.owner(group) == server])
             await self.transport.ack_barrier(server, self.node, token)
 
-    async def _reannounce(self, groups: list[str]) -> None:
-        """Tell the owners again which of their topics this node holds (sequence numbers carry on)."""
+    async def _tell_owners(self, op: str, groups: list[str]) -> None:
+        """One sub/unsub per group to its owner, in one round trip (re-announcing, or draining)."""
         if groups:
-            logger.info("node %s: announcing %d topics to their owners", self.node, len(groups))
+            logger.info("node %s: %s %d topics at their owners", self.node, op, len(groups))
             await self.transport.append_many(
-                [(inbox_stream(self.ring.owner(group)), entries.pack("sub", group, self.node)) for group in groups]
+                [(inbox_stream(self.ring.owner(group)), entries.pack(op, group, self.node)) for group in groups]
             )
 
     async def _watch_ring(self) -> None:
@@ -461,7 +458,7 @@ class TopicRingLayer(BaseChannelLayer):
                     self.epoch, self.generation = epoch, -1
                     if self.live_ring:
                         await self._follow_ring()
-                    await self._reannounce(list(self._groups))
+                    await self._tell_owners("sub", list(self._groups))
                 elif self.live_ring:
                     await self._follow_ring()
             except TransportError as exc:
@@ -475,7 +472,7 @@ class TopicRingLayer(BaseChannelLayer):
         previous, self.ring, self.generation = self.ring, HashRing(members), generation
         moved = [group for group in self._groups if previous.owner(group) != self.ring.owner(group)]
         logger.info("node %s: ring generation %d %s; %d local topics moved", self.node, generation, members, len(moved))
-        await self._reannounce(moved)
+        await self._tell_owners("sub", moved)
 
     async def _keep_alive(self) -> None:
         """Renew this node's heartbeat and publish its snapshot for the admin page."""

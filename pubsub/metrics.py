@@ -59,9 +59,7 @@ def node_registry(layer) -> CollectorRegistry:
             "stream_lag_seconds": ("age of the newest entry read from this node's stream", layer.stream_lag),
         }
 
-    registry = CollectorRegistry()
-    registry.register(_StatsCollector("dps_node", lambda: layer.stats, NODE_COUNTERS, gauges))
-    return registry
+    return _registry(_StatsCollector("dps_node", lambda: layer.stats, NODE_COUNTERS, gauges))
 
 
 def topic_server_registry(server) -> CollectorRegistry:
@@ -72,8 +70,12 @@ def topic_server_registry(server) -> CollectorRegistry:
             "inbox_lag_seconds": ("age of the newest inbox entry read", server.inbox_lag),
         }
 
-    registry = CollectorRegistry()
-    registry.register(_StatsCollector("dps_topicserver", lambda: server.stats, TOPIC_SERVER_COUNTERS, gauges))
+    return _registry(_StatsCollector("dps_topicserver", lambda: server.stats, TOPIC_SERVER_COUNTERS, gauges))
+
+
+def _registry(collector: _StatsCollector) -> CollectorRegistry:
+    registry = CollectorRegistry()  # one per process being measured, not the global default
+    registry.register(collector)
     return registry
 
 

@@ -109,7 +109,7 @@ class TopicServer:
         self.epoch = await self.transport.epoch()
         if self.live_ring:
             await self._watch_ring_once()
-            await self._adopt_pending_ring(barrier=False)
+            await self._adopt_pending_ring()
         # Resume after the last committed batch: what was accepted while this server was down is served now.
         cursor = await self.transport.load_cursor(self.name) or await self.transport.last_id(self.inbox)
         stamps = await self.transport.load_stamps(self.name)
@@ -291,7 +291,8 @@ class TopicServer:
                 self.generation = -1
             self.epoch = epoch
 
-    async def _adopt_pending_ring(self, barrier: bool = True) -> None:
+    async def _adopt_pending_ring(self) -> None:
+        """Switch to the noted generation at a batch boundary; take over dead members' inboxes; acknowledge."""
         generation, members = self._pending_ring
         self._pending_ring = None
         previous = self.ring
