@@ -137,17 +137,18 @@ class Workload:
 
 
 @pytest.fixture
-def live_cluster():
-    started = []
-
-    def start(servers=("ts-1", "ts-2", "ts-3")):
-        cluster = Cluster(topic_servers=servers, DPS_RING="live", DPS_LIVENESS_TTL=str(TTL))
-        started.append(cluster)
-        wait_for_ring(cluster, sorted(servers))
-        return cluster
-
-    yield start
-    for cluster in started:
+async def workload():
+    """A live-ring cluster (3 topic servers, 2 nodes) with its subscribers and publisher started."""
+    cluster = Cluster(topic_servers=("ts-1", "ts-2", "ts-3"), DPS_RING="live", DPS_LIVENESS_TTL=str(TTL))
+    started = None
+    try:
+        wait_for_ring(cluster, ["ts-1", "ts-2", "ts-3"])
+        started = Workload(cluster)
+        await started.start()
+        yield started
+    finally:
+        if started is not None:
+            await started.stop()
         cluster.stop()
 
 
@@ -171,59 +172,44 @@ def assert_exactly_once(report):
     assert report["topics_out_of_order"] == 0, report
 
 
-async def test_kill_9_of_a_topic_server_mid_stream(live_cluster):
-    cluster = live_cluster()
-    workload = Workload(cluster)
-    await workload.start()
-    try:
-        await workload.publish(2)
-        cluster.topic_servers["ts-2"].stop(signal.SIGKILL)
-        killed = time.monotonic()
-        publishing = asyncio.ensure_future(workload.publish(3 * TTL))
-        failover = await asyncio.to_thread(wait_for_ring, cluster, ["ts-1", "ts-3"])
-        await publishing
-        await workload.settle()
-        report = workload.report()
-    finally:
-        await workload.stop()
+async def test_kill_9_of_a_topic_server_mid_stream(workload):
+    cluster = workload.cluster
+    await workload.publish(2)
+    cluster.topic_servers["ts-2"].stop(signal.SIGKILL)
+    killed = time.monotonic()
+    publishing = asyncio.ensure_future(workload.publish(3 * TTL))
+    failover = await asyncio.to_thread(wait_for_ring, cluster, ["ts-1", "ts-3"])
+    await publishing
+    await workload.settle()
+    report = workload.report()
     print(f"\nfailover: ring without ts-2 after {failover:.2f}s (TTL {TTL}s); {time.monotonic() - killed:.1f}s of load")
     assert failover <= 2 * TTL
     assert_exactly_once(report)
 
 
-async def test_sigterm_hands_over_with_no_gap(live_cluster):
-    cluster = live_cluster()
-    workload = Workload(cluster)
-    await workload.start()
-    try:
-        await workload.publish(2)
-        stopping = asyncio.ensure_future(asyncio.to_thread(cluster.topic_servers["ts-3"].stop, signal.SIGTERM, 30))
-        publishing = asyncio.ensure_future(workload.publish(3))
-        code = await stopping
-        await publishing
-        await workload.settle()
-        report = workload.report()
-    finally:
-        await workload.stop()
+async def test_sigterm_hands_over_with_no_gap(workload):
+    cluster = workload.cluster
+    await workload.publish(2)
+    stopping = asyncio.ensure_future(asyncio.to_thread(cluster.topic_servers["ts-3"].stop, signal.SIGTERM, 30))
+    publishing = asyncio.ensure_future(workload.publish(3))
+    code = await stopping
+    await publishing
+    await workload.settle()
+    report = workload.report()
     assert code == 0, cluster.topic_servers["ts-3"].output()
     assert "handed its topics over" in cluster.topic_servers["ts-3"].output()
     assert_exactly_once(report)
 
 
-async def test_a_fourth_server_joins_live(live_cluster):
-    cluster = live_cluster()
-    workload = Workload(cluster)
-    await workload.start()
-    try:
-        await workload.publish(2)
-        publishing = asyncio.ensure_future(workload.publish(4))
-        await asyncio.to_thread(cluster.start_topic_server, "ts-4")
-        await asyncio.to_thread(wait_for_ring, cluster, ["ts-1", "ts-2", "ts-3", "ts-4"])
-        await publishing
-        await workload.settle()
-        report = workload.report()
-    finally:
-        await workload.stop()
+async def test_a_fourth_server_joins_live(workload):
+    cluster = workload.cluster
+    await workload.publish(2)
+    publishing = asyncio.ensure_future(workload.publish(4))
+    await asyncio.to_thread(cluster.start_topic_server, "ts-4")
+    await asyncio.to_thread(wait_for_ring, cluster, ["ts-1", "ts-2", "ts-3", "ts-4"])
+    await publishing
+    await workload.settle()
+    report = workload.report()
     # The admin page reads the same live ring (generation and members).
     reader = TopicRingLayer(topic_servers=["ts-1"], redis_url=cluster.redis.url, live_ring=True)
     _, _, (generation, members) = await collect(reader)
@@ -235,7 +221,7 @@ async def test_a_fourth_server_joins_live(live_cluster):
     assert_exactly_once(report)
 
 
-async def test_redis_restart_resumes_service(live_cluster):
+async def test_redis_restart_resumes_service(workload):
     """Redis (keeping nothing on disk) restarts under load. Publishes during the outage are refused
     with an error reply (the client knows); the service resumes by itself, and every publish accepted
     after the restart is delivered, the recovery window included. What this does not cover: a message
@@ -243,27 +229,22 @@ async def test_redis_restart_resumes_service(live_cluster):
     the test settles before stopping Redis, so it has none. The test prints each phase."""
     from tests.processes import RedisServer
 
-    cluster = live_cluster()
-    workload = Workload(cluster)
-    await workload.start()
-    try:
-        await workload.publish(1)
-        await workload.settle()
-        before = workload.report()
-        outage_from = workload.counter
-        port = cluster.redis.port
-        cluster.redis.stop()
-        await workload.publish(1)
-        cluster.redis = RedisServer(port=port)
-        restarted = time.monotonic()
-        await workload.publish(2 * TTL)  # the recovery window
-        steady_from = workload.counter
-        await workload.publish(2)
-        await workload.settle(range(steady_from, workload.counter))
-        window = workload.report(range(outage_from, steady_from))
-        steady = workload.report(range(steady_from, workload.counter))
-    finally:
-        await workload.stop()
+    cluster = workload.cluster
+    await workload.publish(1)
+    await workload.settle()
+    before = workload.report()
+    outage_from = workload.counter
+    port = cluster.redis.port
+    cluster.redis.stop()
+    await workload.publish(1)
+    cluster.redis = RedisServer(port=port)
+    restarted = time.monotonic()
+    await workload.publish(2 * TTL)  # the recovery window
+    steady_from = workload.counter
+    await workload.publish(2)
+    await workload.settle(range(steady_from, workload.counter))
+    window = workload.report(range(outage_from, steady_from))
+    steady = workload.report(range(steady_from, workload.counter))
     print(
         f"\nbefore the restart: {before}\noutage and {2 * TTL:.0f}s recovery window: {window}"
         f"\nsteady after it ({time.monotonic() - restarted:.1f}s after the restart): {steady}"
