@@ -17,6 +17,11 @@ DEFAULT_CHANNEL_CAPACITY = 1000
 DEFAULT_STREAM_MAXLEN = 100_000
 DEFAULT_JOIN_AUTHORIZER = "pubsub.authorization.allow_all"
 DEFAULT_LIVENESS_TTL = 5.0
+DEFAULT_RING = "live"
+DEFAULT_MAX_CONNECTIONS = 20_000
+DEFAULT_PUBLISH_RATE = 50.0  # publishes per second per socket, sustained
+DEFAULT_PUBLISH_BURST = 200
+DEFAULT_MAX_SEND_BUFFER = 1024 * 1024  # unsent bytes per socket before a slow reader is cut off
 
 
 def _env_number(name, default, kind=int):
@@ -43,7 +48,11 @@ DPS_CHANNEL_CAPACITY = _env_number("DPS_CHANNEL_CAPACITY", DEFAULT_CHANNEL_CAPAC
 DPS_STREAM_MAXLEN = _env_number("DPS_STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN)
 DPS_JOIN_AUTHORIZER = os.environ.get("DPS_JOIN_AUTHORIZER", DEFAULT_JOIN_AUTHORIZER)
 DPS_LIVENESS_TTL = _env_number("DPS_LIVENESS_TTL", DEFAULT_LIVENESS_TTL, float)
-DPS_RING = os.environ.get("DPS_RING", "static")
+DPS_MAX_CONNECTIONS = _env_number("DPS_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)
+DPS_PUBLISH_RATE = _env_number("DPS_PUBLISH_RATE", DEFAULT_PUBLISH_RATE, float)
+DPS_PUBLISH_BURST = _env_number("DPS_PUBLISH_BURST", DEFAULT_PUBLISH_BURST)
+DPS_MAX_SEND_BUFFER = _env_number("DPS_MAX_SEND_BUFFER", DEFAULT_MAX_SEND_BUFFER)
+DPS_RING = os.environ.get("DPS_RING") or DEFAULT_RING
 if DPS_RING not in ("static", "live"):
     raise ConfigurationError(f"DPS_RING={DPS_RING!r}: use 'static' (DPS_TOPIC_SERVERS) or 'live' (registered servers).")
 DPS_LIVE_RING = DPS_RING == "live"

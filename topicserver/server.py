@@ -108,8 +108,7 @@ class TopicServer:
         await self.transport.heartbeat("topicserver", self.name)
         self.epoch = await self.transport.epoch()
         if self.live_ring:
-            await self._watch_ring_once()
-            await self._adopt_pending_ring()
+            await self._join_live_ring()
         # Resume after the last committed batch: what was accepted while this server was down is served now.
         cursor = await self.transport.load_cursor(self.name) or await self.transport.last_id(self.inbox)
         stamps = await self.transport.load_stamps(self.name)
@@ -137,6 +136,11 @@ class TopicServer:
             generation, members = await self.transport.ring_state()
             if self.name not in members and self.generation >= generation:
                 break
+            if not await self.transport.live("topicserver", self.liveness_ttl):
+                # Nobody is left to hand over to (the whole cluster is stopping): what is
+                # still in the inbox waits there for the next server of this name.
+                logger.info("topic server %s: no other topic server is running; stopping", self.name)
+                return
             await asyncio.sleep(0.05)
         quiet_since = time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - quiet_since < 3 * self.ring_poll:
@@ -277,8 +281,26 @@ class TopicServer:
             if await self.transport.propose_ring(generation, live) is not None:
                 generation, members = generation + 1, live
                 logger.info("topic server %s: ring generation %d is %s", self.name, generation, members)
+            else:  # another server was first: note its generation instead
+                generation, members = await self.transport.ring_state()
         if generation != self.generation and members:
             self._pending_ring = (generation, members)
+
+    async def _join_live_ring(self) -> None:
+        """At start: wait (a bounded while) until some ring generation is noted, then adopt it.
+
+        Several servers starting together race to propose the first ring; a proposal that lost
+        leaves nothing noted until the winner's generation is read, so read again rather than
+        adopt nothing (that crashed one of three servers started at once).
+        """
+        deadline = time.monotonic() + self.liveness_ttl
+        while True:
+            await self._watch_ring_once()
+            if self._pending_ring is not None or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        if self._pending_ring is not None:
+            await self._adopt_pending_ring()
 
     async def _check_epoch(self) -> None:
         """Redis restarted empty: its registries are empty until every process renews its heartbeat,
@@ -293,6 +315,8 @@ class TopicServer:
 
     async def _adopt_pending_ring(self) -> None:
         """Switch to the noted generation at a batch boundary; take over dead members' inboxes; acknowledge."""
+        if self._pending_ring is None:
+            return
         generation, members = self._pending_ring
         self._pending_ring = None
         previous = self.ring
@@ -332,7 +356,8 @@ class TopicServer:
             moved += len(outgoing)
             cursor = batch[-1][0]
         await self.transport.set_cursor(gone, cursor)
-        logger.info("topic server %s: took over %d entries of the dead %s", self.name, moved, gone)
+        if moved:  # a server that left gracefully handed everything over already
+            logger.info("topic server %s: took over %d entries of the dead %s", self.name, moved, gone)
 
     def _forward(self, inbox_owner: str, entry_id: str, fields: list, stamp: int) -> tuple[str, bytes]:
         topic, message = fields[1], fields[2]
