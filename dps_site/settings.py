@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pubsub.exceptions import ConfigurationError
 
@@ -31,7 +32,37 @@ def _env_number(name, default, kind=int):
     try:
         return kind(raw)
     except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a number; unset it or give a {kind.__name__}.") from None
+        wanted = "an integer" if kind is int else "a number"
+        raise ConfigurationError(f"{name}={raw!r} is not {wanted}; unset it or give {wanted}.") from None
+
+
+EXAMPLE_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def check_redis_url(url, name="DPS_REDIS_URL"):
+    """Return url if it is a Redis URL redis-py reads as meant; else raise ConfigurationError naming the setting."""
+    problem = _redis_url_problem(url)
+    if problem:
+        raise ConfigurationError(f"{name}={url!r} is not a Redis URL: {problem}; e.g. {EXAMPLE_REDIS_URL}")
+    return url
+
+
+def _redis_url_problem(url):
+    try:
+        parsed = urlparse(url)
+        port = parsed.port
+    except ValueError as exc:  # e.g. a port that is not a number
+        return str(exc)
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        return "it must start with redis://, rediss:// or unix://"
+    if parsed.scheme == "unix":
+        return None if parsed.path else "a unix:// URL needs the socket's path"
+    if port == 0:
+        return "port 0"
+    database = parsed.path.strip("/")
+    if database and not database.isdigit():  # redis-py would quietly use database 0
+        return f"the database {database!r} is not a number"
+    return None
 
 
 def _env_list(name, default):
@@ -41,6 +72,8 @@ def _env_list(name, default):
 DPS_NODE = os.environ.get("DPS_NODE", DEFAULT_NODE)
 DPS_TOPIC_SERVERS = _env_list("DPS_TOPIC_SERVERS", DEFAULT_TOPIC_SERVERS)
 DPS_REDIS_URL = os.environ.get("DPS_REDIS_URL") or None
+if DPS_REDIS_URL is not None:
+    check_redis_url(DPS_REDIS_URL)
 DPS_MAX_FRAME_BYTES = _env_number("DPS_MAX_FRAME_BYTES", DEFAULT_MAX_FRAME_BYTES)
 DPS_MAX_CHANNELS = _env_number("DPS_MAX_CHANNELS", DEFAULT_MAX_CHANNELS)
 DPS_IDLE_TIMEOUT = _env_number("DPS_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT, float)
@@ -110,6 +143,7 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
+TIME_ZONE = "UTC"  # Django sets the process's TZ from this, so log times are UTC (its default is America/Chicago)
 STATIC_URL = "static/"
 WHITENOISE_USE_FINDERS = True  # no collectstatic step needed
 
