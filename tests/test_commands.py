@@ -2,21 +2,27 @@
 
 import asyncio
 import importlib
+import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from django.core.management import get_commands
 
-from tests.processes import HOST, ROOT, ManagedProcess, TopicServerProcess, dps_env, free_port
+from tests.processes import HOST, ROOT, TopicServerProcess, dps_env, free_port
 from tests.test_daphne import seed_session
 
 pytestmark = pytest.mark.processes
 
 UNREACHABLE_REDIS = f"redis://{HOST}:1/0"
+MALFORMED_REDIS_URLS = ["http://127.0.0.1:6379/0", f"redis://{HOST}:port/0", f"redis://{HOST}:6379/zero"]
+CLUSTER_START_TIMEOUT = 60
+CLUSTER_STOP_WITHIN = 5.0  # seconds from Ctrl-C until runcluster has exited (it used to take ~16 s)
 
 
 def run(args, **settings):
@@ -26,16 +32,47 @@ def run(args, **settings):
 @pytest.mark.parametrize(
     "args, settings, named",
     [
-        (["--name", "ts-9"], {"DPS_TOPIC_SERVERS": "ts-1,ts-2"}, "DPS_TOPIC_SERVERS"),
+        (["--name", "ts-9"], {"DPS_TOPIC_SERVERS": "ts-1,ts-2", "DPS_RING": "static"}, "DPS_TOPIC_SERVERS"),
         (["--name", "ts-1"], {}, "DPS_REDIS_URL"),
         (["--name", "ts-1"], {"DPS_REDIS_URL": UNREACHABLE_REDIS}, "DPS_REDIS_URL"),
         (["--name", "ts-1"], {"DPS_TOPIC_SERVERS": " , "}, "DPS_TOPIC_SERVERS"),
+        *((["--name", "ts-1"], {"DPS_REDIS_URL": url}, "DPS_REDIS_URL") for url in MALFORMED_REDIS_URLS),
+        *((["--name", "ts-1", "--redis-url", url], {}, "--redis-url") for url in MALFORMED_REDIS_URLS),
     ],
 )
 def test_runtopicserver_misconfiguration_stops_at_start(args, settings, named):
     result = run([sys.executable, "manage.py", "runtopicserver", *args], **settings)
     assert result.returncode != 0
     assert named in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("how", [{"DPS_REDIS_URL": UNREACHABLE_REDIS}, {"args": ["--redis-url", UNREACHABLE_REDIS]}])
+def test_runtopicserver_unreachable_redis_is_one_clear_line(how):
+    settings = {k: v for k, v in how.items() if k != "args"}
+    result = run([sys.executable, "manage.py", "runtopicserver", "--name", "ts-1", *how.get("args", [])], **settings)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("CommandError: ") and UNREACHABLE_REDIS in result.stderr, result.stderr
+    assert "Start Redis there" in result.stderr
+
+
+@pytest.mark.parametrize("url", MALFORMED_REDIS_URLS)
+def test_malformed_redis_url_names_the_setting_and_an_example(url):
+    result = run([sys.executable, "-c", "import dps_site.settings"], DPS_REDIS_URL=url)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("pubsub.exceptions.ConfigurationError: DPS_REDIS_URL="), result.stderr
+    assert "is not a Redis URL" in last and "e.g. redis://127.0.0.1:6379/0" in last
+    command = run([sys.executable, "manage.py", "runcluster", "--redis-url", url])
+    assert command.returncode == 1 and command.stderr.count("\n") == 1, command.stderr
+    assert command.stderr.startswith("CommandError: --redis-url=") and "e.g. redis://" in command.stderr
+
+
+@pytest.mark.parametrize(("name", "kind"), [("DPS_MAX_CHANNELS", "an integer"), ("DPS_IDLE_TIMEOUT", "a number")])
+def test_a_number_setting_that_is_not_a_number(name, kind):
+    result = run([sys.executable, "-c", "import dps_site.settings"], **{name: "lots"})
+    assert f"{name}='lots' is not {kind}; unset it or give {kind}." in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -45,6 +82,7 @@ def test_runtopicserver_misconfiguration_stops_at_start(args, settings, named):
         ({"DPS_NODE": "bad name!"}, "DPS_NODE"),
         ({"DPS_TOPIC_SERVERS": ""}, "DPS_TOPIC_SERVERS"),
         ({"DPS_MAX_CHANNELS": "lots"}, "DPS_MAX_CHANNELS"),
+        *(({"DPS_REDIS_URL": url}, "DPS_REDIS_URL") for url in MALFORMED_REDIS_URLS),
     ],
 )
 def test_daphne_misconfiguration_stops_at_start(settings, named):
@@ -64,42 +102,123 @@ def test_runtopicserver_stops_cleanly_on_signals(redis_server, sig):
         assert client.zscore("dps:topicservers", "ts-1") is None, "a clean stop unregisters at once"
 
 
+class RunCluster:
+    """``manage.py runcluster`` with its output read as it arrives, so a test awaits lines instead of polling."""
+
+    def __init__(self, process: asyncio.subprocess.Process):
+        self.process = process
+        self.lines: list[str] = []
+        self.ended = False
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def start(cls, *args: str) -> "RunCluster":
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "manage.py", "runcluster", *args),
+            cwd=ROOT,
+            env=dps_env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return cls(process)
+
+    async def _read(self) -> None:
+        async for raw in self.process.stdout:
+            async with self._changed:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self._changed.notify_all()
+        async with self._changed:
+            self.ended = True
+            self._changed.notify_all()
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    async def wait_for_line(self, text: str, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: self.ended or any(text in line for line in self.lines))
+        except TimeoutError:
+            raise AssertionError(f"no {text!r} within {timeout} s:\n{self.output()}") from None
+        assert any(text in line for line in self.lines), f"runcluster ended before {text!r}:\n{self.output()}"
+
+    def pids(self) -> dict[str, int]:
+        started = (re.search(r"started (\S+) \(pid (\d+)\)", line) for line in self.lines)
+        return {match[1]: int(match[2]) for match in started if match}
+
+    async def stop(self, timeout: float) -> int:
+        """Ctrl-C; wait for the exit and the end of its output, at most timeout seconds."""
+        self.process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(timeout):
+            code = await self.process.wait()
+            await self._reader
+        return code
+
+    async def kill(self) -> None:
+        """After a failure: make sure nothing it started outlives the test."""
+        for pid in [self.process.pid, *self.pids().values()]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        await self.process.wait()
+        self._reader.cancel()
+
+
 @pytest.mark.parametrize("ring", ["static", "live"])
-async def test_runcluster_runs_the_seed_example_and_stops_everything(ring):
+async def test_runcluster_runs_the_seed_example_and_stops_promptly(ring):
     redis_port, port_a, port_b = free_port(), free_port(), free_port()
-    cluster = ManagedProcess(
-        [
-            sys.executable,
-            "manage.py",
-            "runcluster",
-            "--redis-url",
-            f"redis://{HOST}:{redis_port}/0",
-            "--nodes",
-            f"ws-a:{port_a},ws-b:{port_b}",
-            "--ring",
-            ring,
-        ],
-        dps_env(),
-        "runcluster",
+    redis_url = f"redis://{HOST}:{redis_port}/0"
+    cluster = await RunCluster.start(
+        "--redis-url", redis_url, "--nodes", f"ws-a:{port_a},ws-b:{port_b}", "--ring", ring
     )
     try:
-        deadline = asyncio.get_running_loop().time() + 60
-        while "cluster up" not in cluster.output():
-            assert cluster.process.poll() is None, cluster.output()
-            assert asyncio.get_running_loop().time() < deadline, cluster.output()
-            await asyncio.sleep(0.1)
+        await cluster.wait_for_line("cluster up", CLUSTER_START_TIMEOUT)
         url = "ws://127.0.0.1:{}/socket/websocket?vsn=2.0.0"
         await seed_session(url.format(port_a), url.format(port_b))
-    finally:
-        code = cluster.stop(signal.SIGINT, timeout=30)
+        interrupted = time.monotonic()
+        code = await cluster.stop(CLUSTER_STOP_WITHIN)
+        took = time.monotonic() - interrupted
+    except BaseException:
+        await cluster.kill()
+        raise
     output = cluster.output()
     assert code == 0, output
-    pids = [int(line.split("(pid ")[1].split(")")[0]) for line in output.splitlines() if "(pid " in line]
-    assert len(pids) == 5, output  # redis, 2 topic servers, 2 nodes
-    for pid in pids:
+    print(f"\nruncluster --ring {ring} stopped {took:.2f} s after Ctrl-C")
+    assert f"Redis {redis_url}, database 0 (started here" in output
+    assert f"ring {ring}: " in output
+    pids = cluster.pids()
+    assert sorted(pids) == ["redis", "ts-1", "ts-2", "ws-a", "ws-b"], output
+    for pid in pids.values():
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(), pid
-    for line in ("[ws-a]", "[  ts-1]", "[ redis]"):
-        assert line.replace("[ws-a]", "[  ws-a]") in output
+    # Every child exited by itself with 0 (none killed), nodes first, then topic servers, then Redis.
+    stops = re.findall(r"\[   dps\] stopped (\S+): exit (-?\d+) \(([\d.]+) s\)$", output, re.MULTILINE)
+    assert [name for name, _, _ in stops] == ["ws-a", "ws-b", "ts-1", "ts-2", "redis"], output
+    assert all(code == "0" for _, code, _ in stops), output
+    for line in ("[  ws-a]", "[  ts-1]", "[ redis]"):
+        assert line in output
+    if ring == "live":
+        assert "no other topic server is running; stopping" in output, "the last servers stop at once"
+
+
+def test_runcluster_help_shows_every_default():
+    result = run([sys.executable, "manage.py", "runcluster", "--help"])
+    assert result.returncode == 0, result.stderr
+    entries = {}  # option -> its help entry, on one line
+    for entry in re.split(r"\n(?=  -)", result.stdout.split("options:", 1)[1].strip("\n")):
+        words = entry.split()
+        entries[words[0].rstrip(",")] = " ".join(words)
+    for option, default in [
+        ("--redis-url", "redis://127.0.0.1:6379/0"),
+        ("--topic-servers", "ts-1,ts-2"),
+        ("--nodes", "ws-a:4000,ws-b:4001"),
+        ("--host", "127.0.0.1"),
+        ("--ring", "live"),
+    ]:
+        assert f"(default: {default}" in entries[option], entries[option]
+    assert "static (the opt-out)" in entries["--ring"]
 
 
 def test_docker_compose_describes_the_cluster_with_real_entry_points():

@@ -3,7 +3,8 @@
 Starts redis-server if none answers at the Redis URL, then the topic servers and
 the daphne nodes as child processes with the real commands, prefixes every log
 line with the process name, and stops them all on Ctrl-C or SIGTERM (or when
-one of them dies).
+one of them dies): the nodes first (they drain), then the topic servers, then
+the Redis it started; each group in parallel, each process with a bounded wait.
 """
 
 import os
@@ -13,56 +14,95 @@ import subprocess
 import sys
 import threading
 import time
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from dps_site.settings import check_redis_url
+from pubsub.exceptions import ConfigurationError
 from pubsub.layer import NODE_NAME_PATTERN
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0  # seconds each process gets to exit after SIGTERM before it is killed
+REDIS_START_TIMEOUT = 10.0
+NODE_START_TIMEOUT = 30.0
+# Stop order: the nodes drain first (their sockets close, they unsubscribe), then the owners, then Redis.
+STOP_ORDER = ("node", "topic server", "redis")
 
 
 class Command(BaseCommand):
-    help = "Run a local DPS cluster: redis-server (if needed), topic servers and daphne nodes, logs prefixed."
+    help = (
+        "Run a local DPS cluster: redis-server (if none answers at --redis-url), topic servers and daphne nodes, "
+        "with prefixed logs; Ctrl-C stops them all."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--redis-url", default=settings.DPS_REDIS_URL or DEFAULT_REDIS_URL)
-        parser.add_argument("--topic-servers", default="ts-1,ts-2", help="names, comma-separated")
-        parser.add_argument("--nodes", default="ws-a:4000,ws-b:4001", help="name:port pairs, comma-separated")
-        parser.add_argument("--host", default="127.0.0.1", help="address the daphne nodes listen on")
         parser.add_argument(
-            "--ring", choices=("static", "live"), default=settings.DPS_RING, help="DPS_RING for every process"
+            "--redis-url",
+            default=settings.DPS_REDIS_URL or DEFAULT_REDIS_URL,
+            help="the cluster's Redis and database (DPS_REDIS_URL if set); if nothing answers there, "
+            "redis-server is started on that port (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--topic-servers", default="ts-1,ts-2", help="topic server names, comma-separated (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--nodes",
+            default="ws-a:4000,ws-b:4001",
+            help="daphne nodes as name:port pairs, comma-separated (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--host", default="127.0.0.1", help="address the daphne nodes listen on (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--ring",
+            choices=("live", "static"),
+            default=settings.DPS_RING,
+            help="DPS_RING for every process: live follows the running topic servers, with failover; "
+            "static (the opt-out) is always --topic-servers (default: %(default)s; DPS_RING sets it)",
         )
 
     def handle(self, *args, redis_url, topic_servers, nodes, host, ring, **options):
+        try:
+            check_redis_url(redis_url, "--redis-url")
+        except ConfigurationError as exc:
+            raise CommandError(str(exc)) from None
         servers = [name.strip() for name in topic_servers.split(",") if name.strip()]
         node_ports = [self._node(spec) for spec in nodes.split(",") if spec.strip()]
         if not servers or not node_ports:
             raise CommandError("runcluster needs at least one --topic-servers name and one --nodes name:port.")
-        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.children: list[tuple[str, str, subprocess.Popen, threading.Thread]] = []
         self.stopping = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stopping.set())
         env = {**os.environ, "DPS_REDIS_URL": redis_url, "DPS_TOPIC_SERVERS": ",".join(servers), "DPS_RING": ring}
         env["PYTHONUNBUFFERED"] = "1"
         try:
-            if not self._redis_answers(redis_url):
+            if self._redis_answers(redis_url):
+                found = "a Redis already answers there"
+            else:
                 self._start_redis(redis_url)
+                found = "started here; it keeps nothing on disk"
+            self._say(f"Redis {redis_url}, database {self._database(redis_url)} ({found}); keys dps:*")
+            self._say(
+                f"ring {ring}: "
+                + ("the running topic servers, with failover" if ring == "live" else f"always {','.join(servers)}")
+            )
             for name in servers:
-                self._spawn(name, [sys.executable, "manage.py", "runtopicserver", "--name", name], env)
+                self._spawn("topic server", name, [sys.executable, "manage.py", "runtopicserver", "--name", name], env)
             for name, port in node_ports:
                 command = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--websocket_timeout", "-1"]
-                self._spawn(name, [*command, "dps_site.asgi:application"], {**env, "DPS_NODE": name})
+                self._spawn("node", name, [*command, "dps_site.asgi:application"], {**env, "DPS_NODE": name})
             for name, port in node_ports:
                 self._wait_for_port(name, host, port)
-            self._say(f"cluster up: nodes {', '.join(f'{n} ws://{host}:{p}' for n, p in node_ports)}; Ctrl-C stops")
+            if not self.stopping.is_set():
+                self._say(f"cluster up: nodes {', '.join(f'{n} ws://{host}:{p}' for n, p in node_ports)}; Ctrl-C stops")
             while not self.stopping.wait(0.2):
-                dead = [(name, child.returncode) for name, child in self.children if child.poll() is not None]
+                dead = [(name, child.returncode) for _, name, child, _ in self.children if child.poll() is not None]
                 if dead:
-                    raise CommandError(f"{dead[0][0]} exited with {dead[0][1]}; stopping the cluster")
+                    raise CommandError(f"{dead[0][0]} exited with {dead[0][1]}; stopped the cluster")
         finally:
             self._stop_all()
 
@@ -71,6 +111,13 @@ class Command(BaseCommand):
         if not NODE_NAME_PATTERN.match(name) or not port.isdigit():
             raise CommandError(f"--nodes entry {spec!r} must be name:port, e.g. ws-a:4000")
         return name, int(port)
+
+    @staticmethod
+    def _database(url: str) -> str:
+        parsed = urlparse(url)
+        if parsed.scheme == "unix":
+            return parse_qs(parsed.query).get("db", ["0"])[0]
+        return parsed.path.strip("/") or "0"
 
     def _redis_answers(self, url: str) -> bool:
         client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
@@ -84,17 +131,26 @@ class Command(BaseCommand):
     def _start_redis(self, url: str) -> None:
         parsed = urlparse(url)
         host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        if parsed.scheme != "redis" or host not in ("127.0.0.1", "localhost", "::1"):
             raise CommandError(f"no Redis answers at {url}, and runcluster only starts one on this machine.")
-        self._spawn("redis", ["redis-server", "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no"])
-        deadline = time.monotonic() + 10
-        while not self._redis_answers(url):
+        command = ["redis-server", "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no"]
+        try:
+            child = self._spawn("redis", "redis", command)
+        except FileNotFoundError:
+            raise CommandError(
+                f"no Redis answers at {url}, and redis-server is not on PATH: install Redis, "
+                "or pass --redis-url of a running one."
+            ) from None
+        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        while not self._redis_answers(url) and not self.stopping.is_set():
+            if child.poll() is not None:
+                raise CommandError(f"redis-server exited with {child.returncode} (its log is above)")
             if time.monotonic() > deadline:
-                raise CommandError(f"redis-server did not answer at {url} within 10 s")
+                raise CommandError(f"redis-server did not answer at {url} within {REDIS_START_TIMEOUT:.0f} s")
             time.sleep(0.1)
 
     def _wait_for_port(self, name: str, host: str, port: int) -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + NODE_START_TIMEOUT
         while time.monotonic() < deadline and not self.stopping.is_set():
             try:
                 socket.create_connection((host, port), timeout=0.5).close()
@@ -102,9 +158,9 @@ class Command(BaseCommand):
             except OSError:
                 time.sleep(0.1)
         if not self.stopping.is_set():
-            raise CommandError(f"{name} did not listen on {host}:{port} within 30 s")
+            raise CommandError(f"{name} did not listen on {host}:{port} within {NODE_START_TIMEOUT:.0f} s")
 
-    def _spawn(self, name: str, command: list[str], env: dict | None = None) -> None:
+    def _spawn(self, kind: str, name: str, command: list[str], env: dict | None = None) -> subprocess.Popen:
         child = subprocess.Popen(
             command,
             env=env,
@@ -113,9 +169,11 @@ class Command(BaseCommand):
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches runcluster only; it stops the children in order
         )
-        self.children.append((name, child))
-        threading.Thread(target=self._relay, args=(name, child), daemon=True).start()
+        relay = threading.Thread(target=self._relay, args=(name, child), daemon=True)
+        relay.start()
+        self.children.append((kind, name, child, relay))
         self._say(f"started {name} (pid {child.pid}): {' '.join(command)}")
+        return child
 
     def _relay(self, name: str, child: subprocess.Popen) -> None:
         for line in iter(child.stdout.readline, b""):
@@ -123,16 +181,27 @@ class Command(BaseCommand):
             self.stdout.flush()
 
     def _stop_all(self) -> None:
-        """Nodes first, then topic servers, then Redis: the reverse of the start order."""
-        for name, child in reversed(self.children):
-            if child.poll() is None:
-                child.terminate()
+        """Each kind in STOP_ORDER: SIGTERM to all of them at once, then wait for each, killing what does
+        not exit within STOP_TIMEOUT; report every exit code."""
+        for kind in STOP_ORDER:
+            group = [(name, child, relay) for k, name, child, relay in self.children if k == kind]
+            if not group:
+                continue
+            started = time.monotonic()
+            for _, child, _ in group:
+                if child.poll() is None:
+                    child.terminate()
+            deadline = started + STOP_TIMEOUT
+            for name, child, relay in group:
+                note = ""
                 try:
-                    child.wait(STOP_TIMEOUT)
+                    child.wait(max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     child.kill()
                     child.wait()
-            self._say(f"stopped {name} ({child.returncode})")
+                    note = f", killed: still running {STOP_TIMEOUT:.0f} s after SIGTERM"
+                relay.join(1.0)  # its last log lines before the report
+                self._say(f"stopped {name}: exit {child.returncode} ({time.monotonic() - started:.1f} s{note})")
 
     def _say(self, text: str) -> None:
         self.stdout.write(f"[{'dps':>6}] {text}")

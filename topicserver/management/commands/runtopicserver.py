@@ -8,7 +8,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import start_http_server
 
-from pubsub.exceptions import TransportError
+from dps_site.settings import check_redis_url
+from pubsub.exceptions import ConfigurationError, TransportError
 from pubsub.metrics import topic_server_registry
 from pubsub.ring import HashRing
 from pubsub.tasks import stop_tasks
@@ -19,13 +20,25 @@ logger = logging.getLogger("topicserver")
 
 
 class Command(BaseCommand):
-    help = "Run one topic server: the owner of the topics the hash ring (DPS_TOPIC_SERVERS) gives it."
+    help = (
+        "Run one topic server: the owner of the topics the hash ring gives it (DPS_RING=live: the running "
+        "topic servers; DPS_RING=static: DPS_TOPIC_SERVERS)."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--name", required=True, help="this server's name; must be in DPS_TOPIC_SERVERS")
-        parser.add_argument("--redis-url", default=settings.DPS_REDIS_URL, help="default: DPS_REDIS_URL")
-        parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-        parser.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics port")
+        parser.add_argument(
+            "--name", required=True, help="this server's name; with DPS_RING=static it must be in DPS_TOPIC_SERVERS"
+        )
+        configured = (settings.DPS_REDIS_URL or "unset").replace("%", "%%")
+        parser.add_argument(
+            "--redis-url",
+            default=settings.DPS_REDIS_URL,
+            help=f"the Redis to serve over (default: DPS_REDIS_URL, {configured})",
+        )
+        parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: none)")
+        parser.add_argument(
+            "--metrics-host", default="127.0.0.1", help="address of the metrics port (default: %(default)s)"
+        )
 
     def handle(self, *args, name, redis_url, metrics_port, metrics_host, **options):
         ring = HashRing(settings.DPS_TOPIC_SERVERS)
@@ -39,16 +52,22 @@ class Command(BaseCommand):
                 "runtopicserver needs Redis: set DPS_REDIS_URL (e.g. redis://127.0.0.1:6379/0) or pass --redis-url. "
                 "Without Redis, daphne runs its topic servers in-process (the embedded mode)."
             )
-        asyncio.run(self.serve(name, redis_url, metrics_host, metrics_port))
+        source = "DPS_REDIS_URL" if redis_url == settings.DPS_REDIS_URL else "--redis-url"
+        try:
+            check_redis_url(redis_url, source)
+        except ConfigurationError as exc:
+            raise CommandError(str(exc)) from None
+        asyncio.run(self.serve(name, redis_url, source, metrics_host, metrics_port))
 
-    async def serve(self, name: str, redis_url: str, metrics_host: str, metrics_port: int | None) -> None:
+    async def serve(self, name: str, redis_url: str, source: str, metrics_host: str, metrics_port: int | None) -> None:
         ring = HashRing(settings.DPS_TOPIC_SERVERS)
         transport = RedisTransport(redis_url, maxlen=settings.DPS_STREAM_MAXLEN)
         try:
             await transport.ping()
         except TransportError as exc:
             await transport.close()
-            raise CommandError(f"DPS_REDIS_URL / --redis-url: {exc}") from None
+            reason = str(exc).rstrip(".")
+            raise CommandError(f"{source}: {reason}. Start Redis there, or point {source} at a running one.") from None
         members = None if settings.DPS_LIVE_RING else list(ring.members)
         server = TopicServer(name, transport, members=members, liveness_ttl=settings.DPS_LIVENESS_TTL)
         if metrics_port is not None:
