@@ -1,4 +1,4 @@
-# One image for every DPS process; docker-compose.yml picks the command.
+# One image for every DPS process; docker-compose.yml picks the command and the settings (DPS_RING: live).
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md manage.py ./

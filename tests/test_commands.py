@@ -228,9 +228,10 @@ def test_docker_compose_describes_the_cluster_with_real_entry_points():
     assert (ROOT / "Dockerfile").exists()
     commands = get_commands()
     settings_module = (ROOT / "dps_site" / "settings.py").read_text()
-    for name, service in services.items():
-        if name == "redis":
-            continue
+    dps_services = {name: service for name, service in services.items() if name != "redis"}
+    rings = {service["environment"].get("DPS_RING", "live") for service in dps_services.values()}
+    assert rings == {"live"}, "every process must agree on the ring, and the live ring is the default"
+    for name, service in dps_services.items():
         command = service["command"]
         env = service["environment"]
         for key in env:
