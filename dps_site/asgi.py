@@ -3,7 +3,10 @@
 HTTP goes to Django; websockets on ``/socket/websocket`` speak Phoenix V2.
 """
 
+import asyncio
+import logging
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -18,16 +21,41 @@ from django.urls import path, re_path  # noqa: E402
 from pubsub.authorization import load_authorizer  # noqa: E402
 from pubsub.consumers import PhoenixSocket, RejectingSocket  # noqa: E402
 
+
+def _start_node_when_daphne_runs(layer) -> None:
+    """Join the cluster as soon as daphne serves, not at the first websocket (the admin page
+    and the owners see the node at once). Only under daphne, whose reactor is already installed."""
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None or not hasattr(reactor, "callWhenRunning"):
+        return
+
+    async def start():
+        try:
+            await layer.start()
+        except Exception:
+            logging.getLogger("pubsub").exception(
+                "node %s could not start; retrying at the first websocket", layer.node
+            )
+
+    reactor.callWhenRunning(lambda: asyncio.ensure_future(start()))
+
+
+layer = get_channel_layer()
 # Fail at start, naming the setting, rather than at the first websocket.
-get_channel_layer().check()
+layer.check()
 # This process is a websocket node: on SIGTERM it drains (closes sockets so clients go elsewhere).
-get_channel_layer().drain_on_sigterm = True
+layer.drain_on_sigterm = True
+_start_node_when_daphne_runs(layer)
 
 phoenix_socket = PhoenixSocket.as_asgi(
     max_frame_bytes=settings.DPS_MAX_FRAME_BYTES,
     max_channels=settings.DPS_MAX_CHANNELS,
     idle_timeout=settings.DPS_IDLE_TIMEOUT,
     join_authorizer=load_authorizer(settings.DPS_JOIN_AUTHORIZER),
+    max_connections=settings.DPS_MAX_CONNECTIONS,
+    publish_rate=settings.DPS_PUBLISH_RATE,
+    publish_burst=settings.DPS_PUBLISH_BURST,
+    max_send_buffer=settings.DPS_MAX_SEND_BUFFER,
 )
 
 application = ProtocolTypeRouter(

@@ -18,8 +18,18 @@ from channels.layers import get_channel_layer
 
 from pubsub import protocol
 from pubsub.authorization import allow_all, authorize
+from pubsub.backpressure import CLOSE_POLICY_VIOLATION, SlowReaderGuard
 from pubsub.exceptions import ProtocolError, TransportError
 from pubsub.fastlane import send_nowait
+from pubsub.throttle import TokenBucket
+
+try:  # daphne's websocket protocol raises this for a send on a connection that just closed
+    from autobahn.exception import Disconnected
+except ImportError:  # pragma: no cover - another ASGI server
+
+    class Disconnected(Exception):
+        pass
+
 
 __all__ = ["PhoenixSocket", "RejectingSocket", "broadcast", "BROADCAST_TYPE"]
 
@@ -34,7 +44,19 @@ SUPPORTED_VSN = "2.0.0"
 CLOSE_GOING_AWAY = 4001
 CLOSE_UNSUPPORTED_DATA = 4003
 CLOSE_INVALID_PAYLOAD = 4007
+CLOSE_TOO_SLOW = CLOSE_POLICY_VIOLATION  # 4008: the client stopped reading (pubsub/backpressure.py)
 CLOSE_TOO_BIG = 4009
+RFC_MESSAGE_TOO_BIG = 1009  # daphne's own limit (--websocket_max_message_size, 1 MiB by default)
+
+# One guard per process meters every socket's unsent bytes (pubsub/backpressure.py).
+_slow_reader_guards: dict[int, SlowReaderGuard] = {}
+
+
+def slow_reader_guard(max_send_buffer: int) -> SlowReaderGuard:
+    guard = _slow_reader_guards.get(max_send_buffer)
+    if guard is None:
+        guard = _slow_reader_guards[max_send_buffer] = SlowReaderGuard(max_send_buffer)
+    return guard
 
 
 class Join(NamedTuple):
@@ -63,16 +85,44 @@ class PhoenixSocket(AsyncConsumer):
         max_channels: int = 100,
         idle_timeout: float = 60.0,
         join_authorizer=allow_all,
+        max_connections: int = 0,
+        publish_rate: float = 0.0,
+        publish_burst: int = 200,
+        max_send_buffer: int = 0,
     ):
+        """0 turns a limit off (max_connections, publish_rate, max_send_buffer)."""
         self.max_frame_bytes = max_frame_bytes
         self.max_channels = max_channels
         self.idle_timeout = idle_timeout
         self.join_authorizer = join_authorizer
+        self.max_connections = max_connections
+        self.publishes = TokenBucket(publish_rate, publish_burst) if publish_rate > 0 else None
+        self.max_send_buffer = max_send_buffer
         self.joins: dict[str, Join] = {}
         self.accepted = False
+        self.closed = False
         self.last_seen = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task | None = None
+        self._write_watch = None
+
+    async def __call__(self, scope, receive, send):
+        # Whatever way the consumer ends (a disconnect, a refusal, an error), its channel,
+        # memberships and connection count are released: a refused or crashed socket
+        # used to leave its layer channel behind for good.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+    async def send(self, message: dict) -> None:
+        """Send to the client; a client that has just gone is not an error (its disconnect follows)."""
+        if self.closed:
+            return
+        try:
+            await super().send(message)
+        except Disconnected:
+            self.closed = True
 
     async def dispatch(self, message: dict) -> None:
         # Channels' dispatch also runs close_old_connections() in a thread for every
@@ -91,12 +141,18 @@ class PhoenixSocket(AsyncConsumer):
             logger.info("refused websocket with vsn=%r (only %s is served)", vsn, SUPPORTED_VSN)
             await self.send({"type": "websocket.close"})  # before accept: HTTP 403
             return
+        if self.max_connections and self._open_connections() >= self.max_connections:
+            self._count("connections_refused")
+            logger.warning("refused websocket: %d connections open (DPS_MAX_CONNECTIONS)", self.max_connections)
+            await self.send({"type": "websocket.close"})
+            return
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if "phoenix" in self.scope.get("subprotocols", ()):
             accept["subprotocol"] = "phoenix"  # the client's authToken option asks for it
         await self.send(accept)
         self.accepted = True
         self._count("connections_opened")
+        self._watch_writes()
         if hasattr(self.channel_layer, "register_fastlane"):
             self.channel_layer.register_fastlane(self.channel_name, self._fastlane)
             self.channel_layer.register_closer(self.channel_name, self._close_for_drain)
@@ -127,21 +183,45 @@ class PhoenixSocket(AsyncConsumer):
             await self._reply(frame.join_ref, frame.ref, frame.topic, "error", {"reason": "unavailable"})
 
     async def websocket_disconnect(self, message: dict) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        if self.accepted:
-            self._count("connections_closed")
+        self.closed = True
+        if message.get("code") == RFC_MESSAGE_TOO_BIG:
+            logger.info("websocket %s closed with 1009: a frame over daphne's message limit", self.scope.get("client"))
         topics, self.joins = list(self.joins), {}
         try:
             for topic in topics:
                 await self.channel_layer.group_discard(topic, self.channel_name)
         except TransportError as exc:  # the owners drop this node's membership when it stops renewing it
             logger.warning("leaving %d topics on disconnect failed: %s", len(topics), exc)
-        finally:
-            discard = getattr(self.channel_layer, "discard_channel", None)
-            if discard is not None:
-                discard(self.channel_name)
         raise StopConsumer()
+
+    def _release(self) -> None:
+        """Free what this socket held on the node, once, however the consumer ended."""
+        self.closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self.accepted:
+            self.accepted = False
+            self._count("connections_closed")
+        if self._write_watch is not None:
+            slow_reader_guard(self.max_send_buffer).forget(self._write_watch)
+            self._write_watch = None
+        layer = getattr(self, "channel_layer", None)
+        if layer is None:
+            return
+        if self.joins:  # ended without a disconnect (an error): leave the topics in the background
+            topics, self.joins = list(self.joins), {}
+            asyncio.ensure_future(self._leave_all(layer, self.channel_name, topics))
+        discard = getattr(layer, "discard_channel", None)
+        if discard is not None:
+            discard(self.channel_name)
+
+    @staticmethod
+    async def _leave_all(layer, channel: str, topics: list[str]) -> None:
+        try:
+            for topic in topics:
+                await layer.group_discard(topic, channel)
+        except Exception as exc:
+            logger.warning("leaving %d topics of an ended socket failed: %s", len(topics), exc)
 
     # Channel layer events
 
@@ -158,10 +238,38 @@ class PhoenixSocket(AsyncConsumer):
         if message.get("type") != BROADCAST_TYPE:
             return False
         join = self.joins.get(message["topic"])
-        if join is not None:
-            text = protocol.frame_from_tail(join.encoded_ref, message["tail"])
+        if join is None or self.closed:
+            return True
+        watch = self._write_watch
+        if watch is not None and slow_reader_guard(self.max_send_buffer).check_now(watch):
+            return True  # cut off as too slow: the client reconnects (and, with history, recovers)
+        text = protocol.frame_from_tail(join.encoded_ref, message["tail"])
+        try:
             send_nowait(self.base_send, {"type": "websocket.send", "text": text})
+        except Disconnected:
+            self.closed = True
         return True
+
+    def _watch_writes(self) -> None:
+        """Meter this socket's unsent bytes (daphne only); too slow a reader is closed with 4008."""
+        if self.max_send_buffer <= 0:
+            return
+        self._write_watch = slow_reader_guard(self.max_send_buffer).watch(self.base_send, self._cut_off)
+        protocol_ = self._write_watch.protocol if self._write_watch is not None else None
+        if protocol_ is not None:
+            # A frame over daphne's own message limit gets a close frame (1009), not a silent drop.
+            protocol_.failByDrop = False
+
+    def _cut_off(self, unsent: int) -> None:
+        self.closed = True
+        self._count("slow_readers_cut")
+        logger.warning(
+            "closed websocket %s with %d: %d bytes unsent over the %d-byte limit (DPS_MAX_SEND_BUFFER)",
+            self.scope.get("client"),
+            CLOSE_TOO_SLOW,
+            unsent,
+            self.max_send_buffer,
+        )
 
     def _close_for_drain(self) -> None:
         """The node is stopping: close with a code after which clients reconnect (to another node)."""
@@ -241,6 +349,9 @@ class PhoenixSocket(AsyncConsumer):
             reason = 'publish payload must be [event, object], e.g. ["event", {"message": "hi"}]'
         elif not payload[0] or payload[0].startswith("phx_"):
             reason = "event must be a non-empty name not starting with phx_"
+        elif self.publishes is not None and not self.publishes.take():
+            self._count("publishes_rate_limited")
+            reason = "rate limited"
         else:
             await broadcast(frame.topic, payload[0], payload[1], self.channel_layer)
             self._count("publishes")
@@ -270,6 +381,10 @@ class PhoenixSocket(AsyncConsumer):
         if stats is not None:
             stats[what] += 1
 
+    def _open_connections(self) -> int:
+        stats = getattr(self.channel_layer, "stats", None)
+        return stats["connections_opened"] - stats["connections_closed"] if stats is not None else 0
+
     def _touch(self) -> None:
         self.last_seen = asyncio.get_running_loop().time()
 
@@ -288,6 +403,8 @@ class PhoenixSocket(AsyncConsumer):
 
 class RejectingSocket(AsyncConsumer):
     """Any other websocket path: refused before the upgrade (HTTP 403)."""
+
+    channel_layer_alias = None  # no layer channel for a socket that is refused anyway
 
     async def websocket_connect(self, message: dict) -> None:
         await self.send({"type": "websocket.close"})

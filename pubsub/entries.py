@@ -15,6 +15,8 @@ Stream of a websocket node (``dps:node:{name}``):
     ["gadd", group, channel] / ["gdiscard", group, channel]   group changes for a channel of this node
     ["owner", server, token, gen] a topic server (re)started or gained topics: adopt ring generation
                                   gen, re-announce its topics, then acknowledge token
+    ["dropped", server]           server forgot this node's members (its heartbeat had expired):
+                                  a node that reads this is alive, and re-announces them
 
 The message itself is encoded once by the publisher; the owner only wraps it.
 """
@@ -43,6 +45,7 @@ NODE_OPS = {
     "gadd": (str, str),
     "gdiscard": (str, str),
     "owner": (str, str, int),
+    "dropped": (str,),
 }
 
 

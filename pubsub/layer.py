@@ -28,6 +28,7 @@ from channels.layers import BaseChannelLayer
 
 from pubsub import entries
 from pubsub.exceptions import ChannelFull, ConfigurationError, TransportError
+from pubsub.heartbeat import HeartbeatThread
 from pubsub.mailbox import Mailbox
 from pubsub.protocol import valid_topic
 from pubsub.rates import RateMeter
@@ -107,6 +108,7 @@ class TopicRingLayer(BaseChannelLayer):
         self._started: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_drop_log = 0.0
+        self._heartbeat: HeartbeatThread | None = None
         self.topic_servers: list = []
 
     # Channel layer API
@@ -153,13 +155,21 @@ class TopicRingLayer(BaseChannelLayer):
             return
         members = self._groups.get(group)
         if members is None:
-            self._groups[group] = {channel}
-            await self._announce("sub", group)
+            members = self._groups[group] = {channel}
+            announcing = self._announce("sub", group)
+        else:
+            members.add(channel)
+            announcing = self._announcements.get(group)  # the first member's "sub" may still be on its way
+        if announcing is None:
             return
-        members.add(channel)
-        pending = self._announcements.get(group)
-        if pending is not None:  # the first member's "sub" is still on its way
-            await asyncio.shield(pending)
+        try:
+            await asyncio.shield(announcing)
+        except TransportError:
+            # The owner never heard of this node's members: a failed join leaves no trace, so the
+            # next member's join announces the group again rather than trusting a dead "sub".
+            if self._groups.get(group) is members:
+                del self._groups[group]
+            raise
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove channel from group; the owner forgets this node when its last member leaves."""
@@ -183,6 +193,7 @@ class TopicRingLayer(BaseChannelLayer):
 
     async def close(self) -> None:
         """Cancel and await the background tasks, then release the transport."""
+        await self._stop_heartbeat()
         await stop_tasks(self._tasks)
         if self.transport is not None and self._given_transport is None:
             await self.transport.close()
@@ -256,8 +267,9 @@ class TopicRingLayer(BaseChannelLayer):
             await asyncio.sleep(pause)
         groups, self._groups = list(self._groups), {}
         await self._tell_owners("unsub", groups)
-        await self.transport.forget("node", self.node)
         self.draining = True
+        await self._stop_heartbeat()
+        await self.transport.forget("node", self.node)
         logger.info("node %s: drained; left %d topics", self.node, len(groups))
 
     def local_members(self, group: str) -> int:
@@ -289,19 +301,30 @@ class TopicRingLayer(BaseChannelLayer):
     async def _append(self, stream: str, data: bytes) -> None:
         await self.transport.append(stream, data)
 
-    async def _announce(self, op: str, group: str) -> None:
-        """Send sub/unsub for group to its owner, in the order they were decided for that group."""
+    def _announce(self, op: str, group: str) -> asyncio.Future:
+        """Send sub/unsub for group to its owner, in the order they were decided for that group.
+
+        Returns the announcement's future (its outcome is shared by every member waiting on it)."""
         previous = self._announcements.get(group)
-        done = asyncio.get_running_loop().create_future()
+        done = asyncio.ensure_future(self._send_announcement(op, group, previous))
         self._announcements[group] = done
-        try:
-            if previous is not None:
-                await asyncio.shield(previous)
-            await self._append(inbox_stream(self.ring.owner(group)), entries.pack(op, group, self.node))
-        finally:
-            done.set_result(None)
+
+        def forget(_):
             if self._announcements.get(group) is done:
                 del self._announcements[group]
+            if not done.cancelled():
+                done.exception()  # retrieved: its waiters may all have been cancelled
+
+        done.add_done_callback(forget)
+        return done
+
+    async def _send_announcement(self, op: str, group: str, previous: asyncio.Future | None) -> None:
+        if previous is not None:
+            try:
+                await asyncio.shield(previous)
+            except TransportError:
+                pass  # its own callers were told; this announcement still goes out, in order
+        await self._append(inbox_stream(self.ring.owner(group)), entries.pack(op, group, self.node))
 
     async def _leave_local(self, group: str, channel: str) -> None:
         members = self._groups.get(group)
@@ -311,7 +334,7 @@ class TopicRingLayer(BaseChannelLayer):
         if not members:
             del self._groups[group]
             self._last_seq.pop(group, None)
-            await self._announce("unsub", group)
+            await asyncio.shield(self._announce("unsub", group))
 
     async def _ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
@@ -349,6 +372,7 @@ class TopicRingLayer(BaseChannelLayer):
         after = await self.transport.last_id(node_stream(self.node))
         self._spawn(self._read_node_stream(after), f"dps-node-reader-{self.node}")
         await self.transport.heartbeat("node", self.node)
+        self._start_heartbeat()
         # A node of this name may have died holding memberships: owners forget them first.
         hello = entries.pack("hello", self.node)
         await self.transport.append_many([(inbox_stream(server), hello) for server in self.ring.members])
@@ -358,6 +382,28 @@ class TopicRingLayer(BaseChannelLayer):
         self._spawn(self._sweep_idle_channels(), f"dps-channel-sweeper-{self.node}")
         if not self.embedded:
             self._spawn(self._watch_ring(), f"dps-ring-{self.node}")
+
+    def _start_heartbeat(self) -> None:
+        """Renew the heartbeat from a thread when the backend can (see pubsub/heartbeat.py)."""
+        beat = self.transport.sync_heartbeat("node", self.node)
+        if beat is not None:
+            self._heartbeat = HeartbeatThread(
+                beat,
+                f"node {self.node}",
+                interval=self.heartbeat_interval,
+                loop=asyncio.get_running_loop(),
+                stall_limit=max(30.0, 6 * self.liveness_ttl),
+            )
+            self._heartbeat.start()
+
+    async def _stop_heartbeat(self) -> None:
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            await asyncio.to_thread(heartbeat.stop)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return min(1.0, self.liveness_ttl / 3)
 
     def _drain_on_sigterm(self) -> None:
         """Run drain() when SIGTERM arrives, then hand the signal to the handler it replaced (daphne's
@@ -437,6 +483,11 @@ class TopicRingLayer(BaseChannelLayer):
                 await self._follow_ring()
             await self._tell_owners("sub", [group for group in self._groups if self.ring.owner(group) == server])
             await self.transport.ack_barrier(server, self.node, token)
+        elif op == "dropped":
+            _, server = fields
+            self.stats["dropped_by_owner"] += 1
+            logger.warning("node %s: topic server %s had taken this node for dead; announcing again", self.node, server)
+            await self._tell_owners("sub", [group for group in self._groups if self.ring.owner(group) == server])
 
     async def _tell_owners(self, op: str, groups: list[str]) -> None:
         """One sub/unsub per group to its owner, in one round trip (re-announcing, or draining)."""
@@ -481,12 +532,13 @@ class TopicRingLayer(BaseChannelLayer):
             try:
                 if self.draining:
                     return
-                await self.transport.heartbeat("node", self.node)
+                if self._heartbeat is None:
+                    await self.transport.heartbeat("node", self.node)
                 snapshot = self.snapshot(rate)
                 await self.transport.put_snapshot("node", self.node, orjson.dumps(snapshot), 3 * self.liveness_ttl)
             except TransportError as exc:
                 logger.warning("node %s: heartbeat failed: %s", self.node, exc)
-            await asyncio.sleep(min(1.0, self.liveness_ttl / 3))
+            await asyncio.sleep(self.heartbeat_interval)
 
     def snapshot(self, rate: RateMeter | None = None) -> dict:
         """What this node reports about itself: counters, connections, local members per topic."""

@@ -91,7 +91,8 @@ async def test_every_joined_topic_is_listed_with_its_owner_and_counts(cluster_la
 
         def complete(report):
             rows = {row["topic"]: row for row in report["topics"]}
-            return all(t in rows and rows[t]["subscribers"] == c for t, c in topics.items())
+            # Nodes and topic servers report on their own heartbeats: wait for both sides of each topic.
+            return all(t in rows and rows[t]["subscribers"] == c and rows[t]["reported_by"] for t, c in topics.items())
 
         report = await wait_for_report(staff_client, complete, "the joined topics")
         rows = {row["topic"]: row for row in report["topics"]}

@@ -36,6 +36,7 @@ import orjson
 
 from pubsub import entries
 from pubsub.exceptions import TransportError
+from pubsub.heartbeat import HeartbeatThread
 from pubsub.rates import RateMeter
 from pubsub.ring import HashRing
 from pubsub.tasks import stop_tasks
@@ -87,6 +88,7 @@ class TopicServer:
         self.leaving = False
         self.epoch = ""
         self._pending_ring: tuple[int, list[str]] | None = None
+        self._heartbeat: HeartbeatThread | None = None
         self._trust_registry_after = 0.0
         self._origins: OrderedDict[str, None] = OrderedDict()
         self.transport = transport
@@ -106,6 +108,7 @@ class TopicServer:
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Serve until cancelled; a bad entry or a lost connection is logged, never fatal."""
         await self.transport.heartbeat("topicserver", self.name)
+        self._start_heartbeat()
         self.epoch = await self.transport.epoch()
         if self.live_ring:
             await self._join_live_ring()
@@ -124,12 +127,32 @@ class TopicServer:
                 ready.set()
             await self._read_inbox(cursor)
         finally:
+            await self._stop_heartbeat()
             await stop_tasks(tasks)
+
+    def _start_heartbeat(self) -> None:
+        """Renew the heartbeat from a thread when the backend can: a busy server is not a dead one."""
+        beat = self.transport.sync_heartbeat("topicserver", self.name)
+        if beat is not None:
+            self._heartbeat = HeartbeatThread(
+                beat,
+                f"topic server {self.name}",
+                interval=min(1.0, self.liveness_ttl / 3),
+                loop=asyncio.get_running_loop(),
+                stall_limit=max(30.0, 6 * self.liveness_ttl),
+            )
+            self._heartbeat.start()
+
+    async def _stop_heartbeat(self) -> None:
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            await asyncio.to_thread(heartbeat.stop)
 
     async def leave(self) -> None:
         """Hand this server's topics to the others (live ring): unregister, wait until a ring without
         it is adopted, keep forwarding what still arrives until the inbox is quiet. Call while run() runs."""
         self.leaving = True
+        await self._stop_heartbeat()
         await self.transport.forget("topicserver", self.name)
         deadline = time.monotonic() + 3 * self.liveness_ttl
         while time.monotonic() < deadline:
@@ -377,7 +400,7 @@ class TopicServer:
             last_summary = self._log_summary(*last_summary)
             try:
                 await self._check_epoch()
-                if not self.leaving:
+                if not self.leaving and self._heartbeat is None:
                     await self.transport.heartbeat("topicserver", self.name)
                 snapshot = orjson.dumps(self.snapshot(rate))
                 await self.transport.put_snapshot("topicserver", self.name, snapshot, 3 * self.liveness_ttl)
@@ -387,10 +410,17 @@ class TopicServer:
                 continue
             if time.monotonic() < self._trust_registry_after:
                 continue
-            for node in self.node_topics.keys() - live.keys():
+            expired = self.node_topics.keys() - live.keys()
+            for node in expired:
                 logger.info("topic server %s: node %s missed its heartbeat", self.name, node)
                 self.stats["expired_nodes"] += 1
                 self.drop_node(node)
+            if expired:  # a node that was only slow reads this and announces its members again
+                notice = entries.pack("dropped", self.name)
+                try:
+                    await self.transport.append_many([(node_stream(node), notice) for node in expired])
+                except TransportError as exc:
+                    logger.warning("topic server %s: telling dropped nodes failed: %s", self.name, exc)
 
     def snapshot(self, rate: RateMeter | None = None) -> dict:
         """What this server reports about itself: counters, and per topic its nodes, last seq and rate."""

@@ -40,6 +40,9 @@ class Transport(Protocol):
     async def heartbeat(self, kind: str, name: str) -> None:
         """Record that the process `name` of `kind` ("node" or "topicserver") is alive now."""
 
+    def sync_heartbeat(self, kind: str, name: str):
+        """A blocking callable that renews the heartbeat, for a thread; None if the backend has none."""
+
     async def live(self, kind: str, ttl: float) -> dict[str, float]:
         """Processes of `kind` that sent a heartbeat within ttl seconds: name -> unix time of it."""
 

@@ -92,6 +92,9 @@ class MemoryTransport:
     async def heartbeat(self, kind: str, name: str) -> None:
         self._registry[kind, name] = time.time()
 
+    def sync_heartbeat(self, kind: str, name: str) -> None:
+        return None  # one process: its loop renews the heartbeats (nothing else could see it die)
+
     async def live(self, kind: str, ttl: float) -> dict[str, float]:
         oldest = time.time() - ttl
         return {name: seen for (k, name), seen in self._registry.items() if k == kind and seen >= oldest}

@@ -2,23 +2,31 @@
 
 Writes share one small connection pool per process (never a connection per
 socket: redis-py's default pool of 100 turned 1,000 simultaneous handshakes into
-HTTP 500s with channels_redis). Each blocking reader gets its own connection
+HTTP 500s with channels_redis). The pool blocks when all its connections are busy
+(redis-py's plain pool raises "Too many connections", which refused joins in a
+join storm), and appends, the hot path, are coalesced into pipelines
+(``coalescer.py``): one round trip carries every append made while the previous
+one was in flight. Each blocking reader gets its own connection
 with no socket timeout, because redis-py 8's default 5 s timeout would break an
 ``XREAD BLOCK`` (channels_redis#422); the block itself bounds the wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pubsub.exceptions import TransportError
 from pubsub.transport.base import FIRST_ID
+from pubsub.transport.coalescer import AppendCoalescer
 
 __all__ = ["RedisTransport", "REGISTRY_KEYS"]
 
@@ -28,6 +36,9 @@ _FIELD = b"d"
 _WRITE_POOL_SIZE = 16
 _CONNECT_TIMEOUT = 5.0
 _WRITE_TIMEOUT = 10.0
+# Appends that fail for want of a connection are tried again for about 1.5 s (on top of
+# redis-py's own retries) before the caller is told Redis is unavailable.
+_APPEND_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 _REGISTRY_MEMORY = 3600.0  # a process silent for an hour leaves the registry
 
@@ -69,13 +80,17 @@ class RedisTransport:
     def __init__(self, url: str, maxlen: int = 100_000):
         self.url = url
         self.maxlen = maxlen
-        self._writer = aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=_WRITE_POOL_SIZE,
+            timeout=_WRITE_TIMEOUT,  # how long a command may wait for a free connection
             socket_timeout=_WRITE_TIMEOUT,
             socket_connect_timeout=_CONNECT_TIMEOUT,
         )
+        self._writer = aioredis.Redis(connection_pool=pool)
         self._readers: dict[str, aioredis.Redis] = {}
+        self.appends = AppendCoalescer(self._append_pipeline)
+        self._sync_clients: list = []
 
     def _reader(self, stream: str) -> aioredis.Redis:
         reader = self._readers.get(stream)
@@ -93,21 +108,27 @@ class RedisTransport:
             raise TransportError(f"Redis at {self.url} is unreachable: {exc}") from exc
 
     async def append(self, stream: str, data: bytes) -> None:
-        try:
-            await self._writer.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
-        except (RedisError, OSError) as exc:
-            await self._drop_connections()
-            raise TransportError(f"XADD {stream} failed: {exc}") from exc
+        await self.appends.append(stream, data)
 
     async def append_many(self, items: list[tuple[str, bytes]]) -> None:
-        try:
-            async with self._writer.pipeline(transaction=False) as pipe:
-                for stream, data in items:
-                    pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            await self._drop_connections()
-            raise TransportError(f"pipelined XADD of {len(items)} entries failed: {exc}") from exc
+        await self.appends.append_many(items)
+
+    async def _append_pipeline(self, items: list[tuple[str, bytes]]) -> None:
+        """One pipeline of XADDs for the coalescer, retried a while if Redis cannot be reached."""
+        for delay in (*_APPEND_RETRY_DELAYS, None):
+            try:
+                async with self._writer.pipeline(transaction=False) as pipe:
+                    for stream, data in items:
+                        pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
+                    await pipe.execute()
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                await self._drop_connections()
+                if delay is None:
+                    raise TransportError(f"XADD of {len(items)} entries failed: {exc}") from exc
+                await asyncio.sleep(delay)
+            except RedisError as exc:
+                raise TransportError(f"XADD of {len(items)} entries failed: {exc}") from exc
 
     async def last_id(self, stream: str) -> str:
         try:
@@ -143,6 +164,24 @@ class RedisTransport:
         except (RedisError, OSError) as exc:
             await self._drop_connections()
             raise TransportError(f"heartbeat of {kind} {name} failed: {exc}") from exc
+
+    def sync_heartbeat(self, kind: str, name: str):
+        """A blocking heartbeat on a connection of its own, for a thread (see pubsub/heartbeat.py)."""
+        import redis
+
+        client = redis.Redis.from_url(
+            self.url, socket_timeout=_CONNECT_TIMEOUT, socket_connect_timeout=_CONNECT_TIMEOUT
+        )
+        self._sync_clients.append(client)
+
+        def beat() -> None:
+            now = time.time()
+            with client.pipeline(transaction=False) as pipe:
+                pipe.zadd(REGISTRY_KEYS[kind], {name: now})
+                pipe.zremrangebyscore(REGISTRY_KEYS[kind], "-inf", now - _REGISTRY_MEMORY)
+                pipe.execute()
+
+        return beat
 
     async def live(self, kind: str, ttl: float) -> dict[str, float]:
         """Names of that kind seen within ttl seconds, with their last heartbeat."""
@@ -267,13 +306,20 @@ class RedisTransport:
             raise TransportError(f"{command[0]} failed: {exc}") from exc
 
     async def _drop_connections(self) -> None:
-        """After a failure every pooled connection may be stale (Redis restarted): open fresh ones."""
+        """After a failure the idle pooled connections may be stale (Redis restarted): open fresh ones.
+
+        Connections in use are left to their commands (disconnecting them too made a burst of
+        failures fail everything else in flight)."""
         try:
-            await self._writer.connection_pool.disconnect()
+            await self._writer.connection_pool.disconnect(inuse_connections=False)
         except (RedisError, OSError):
             pass
 
     async def close(self) -> None:
+        await self.appends.close()
         for client in [self._writer, *self._readers.values()]:
             await client.aclose()
         self._readers.clear()
+        for client in self._sync_clients:
+            client.close()
+        self._sync_clients.clear()
