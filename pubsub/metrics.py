@@ -25,6 +25,10 @@ NODE_COUNTERS = {
     "malformed": "stream entries skipped as malformed",
     "sequence_gaps": "jumps in a topic's sequence numbers",
     "duplicates": "repeated messages dropped by sequence number",
+    "connections_refused": "websockets refused before the upgrade: DPS_MAX_CONNECTIONS reached",
+    "slow_readers_cut": "websockets closed with 4008: unsent bytes over DPS_MAX_SEND_BUFFER, not draining",
+    "publishes_rate_limited": "publishes refused with 'rate limited' (DPS_PUBLISH_RATE)",
+    "dropped_by_owner": "times an owner had taken this node for dead (it announced its topics again)",
 }
 TOPIC_SERVER_COUNTERS = {
     "published": "messages received for its topics",
