@@ -67,7 +67,7 @@ class WriteWatch:
         transport = self.protocol.transport
         return (id(transport.dataBuffer), transport.offset) if transport is not None else None
 
-    def cut_off(self, unsent: int) -> None:
+    def cut_off(self, unsent: int, max_buffer: int) -> None:
         if self.cut:
             return
         self.cut = True
@@ -76,8 +76,8 @@ class WriteWatch:
             # Frames Twisted has not started writing are whole: dropping them keeps the stream valid.
             transport._tempDataBuffer = []
             transport._tempDataLen = 0
-            if unsent_bytes(transport) > 0 and len(transport.dataBuffer) - transport.offset > 64 * 1024:
-                transport.abortConnection()  # what remains is large and part-written: no clean close
+            if unsent_bytes(transport) > max_buffer:
+                transport.abortConnection()  # what remains is part-written and itself too much
             else:
                 self.protocol.sendClose(code=CLOSE_POLICY_VIOLATION, reason="too slow: send buffer over limit")
         self.on_cut(unsent)
@@ -117,7 +117,7 @@ class SlowReaderGuard:
         if watch.over_since is not None:
             unsent = watch.unsent()
             if unsent > 2 * self.max_buffer and watch.progress_mark() == watch.written_mark:
-                watch.cut_off(unsent)
+                watch.cut_off(unsent, self.max_buffer)
                 return True
         return False
 
@@ -133,7 +133,7 @@ class SlowReaderGuard:
             elif watch.over_since is None:
                 watch.over_since = now  # one reading over the cap may be a burst
             elif mark == watch.written_mark or now - watch.over_since >= self.patience:
-                watch.cut_off(unsent)  # over the cap and not draining, or never catching up
+                watch.cut_off(unsent, self.max_buffer)  # over the cap and not draining, or never catching up
                 self._watches.discard(watch)
             watch.written_mark = mark
 
