@@ -82,8 +82,8 @@ async def test_random_sockets_leave_nothing_behind(daphne_factory):
     node = daphne_factory()
     rng = random.Random(20261201)
     stats = {"refused": 0, "close": 0, "abort": 0, "closed by the node": 0}
-    for first in range(0, SOCKETS, AT_ONCE):
-        seeds = [rng.randrange(2**32) for _ in range(AT_ONCE)]
+    for _ in range(0, SOCKETS, AT_ONCE):
+        seeds = [rng.randrange(2**32) for _seed in range(AT_ONCE)]
         await asyncio.gather(*(_one_socket(node, random.Random(seed), stats) for seed in seeds))
     deadline = time.monotonic() + 30
     while (gauges := _gauges(node)) != {"dps_node_connections": 0.0, "dps_node_channels": 0.0}:
