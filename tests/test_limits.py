@@ -64,7 +64,8 @@ async def test_publishes_over_the_rate_get_an_error_reply_and_nothing_else(daphn
     refused = [ref for ref, reply in replies.items() if reply["status"] == "error"]
     assert all(replies[ref] == {"status": "error", "response": {"reason": "rate limited"}} for ref in refused)
     assert 3 <= 10 - len(refused) <= 4, f"the burst of 3 (and at most one refilled token) got through: {replies}"
-    await calm.send(json.dumps(["1", "c", "room:1", "publish", ["chat", {"n": "calm"}]]))  # another socket: its own bucket
+    # Another socket has its own bucket.
+    await calm.send(json.dumps(["1", "c", "room:1", "publish", ["chat", {"n": "calm"}]]))
     got = []
     async with asyncio.timeout(10):
         while "calm" not in got:
