@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 
-__all__ = ["SlowReaderGuard", "WriteWatch", "CLOSE_POLICY_VIOLATION"]
+__all__ = ["SlowReaderGuard", "WriteWatch", "CLOSE_POLICY_VIOLATION", "fail_with_close_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,14 @@ def _daphne_protocol(send):
     args = getattr(send, "args", ())
     protocol = args[0] if args else None
     return protocol if hasattr(getattr(protocol, "transport", None), "_tempDataBuffer") else None
+
+
+def fail_with_close_frame(send) -> None:
+    """Make daphne's websocket layer close with a code (1009 for a message over its own limit) rather
+    than drop the TCP connection silently, autobahn's default (its ``failByDrop``)."""
+    protocol = _daphne_protocol(send)
+    if protocol is not None:
+        protocol.failByDrop = False
 
 
 def unsent_bytes(transport) -> int:

@@ -18,7 +18,7 @@ from channels.layers import get_channel_layer
 
 from pubsub import protocol
 from pubsub.authorization import allow_all, authorize
-from pubsub.backpressure import CLOSE_POLICY_VIOLATION, SlowReaderGuard
+from pubsub.backpressure import CLOSE_POLICY_VIOLATION, SlowReaderGuard, fail_with_close_frame
 from pubsub.exceptions import ProtocolError, TransportError
 from pubsub.fastlane import send_nowait
 from pubsub.throttle import TokenBucket
@@ -152,6 +152,7 @@ class PhoenixSocket(AsyncConsumer):
         await self.send(accept)
         self.accepted = True
         self._count("connections_opened")
+        fail_with_close_frame(self.base_send)
         self._watch_writes()
         if hasattr(self.channel_layer, "register_fastlane"):
             self.channel_layer.register_fastlane(self.channel_name, self._fastlane)
@@ -255,10 +256,6 @@ class PhoenixSocket(AsyncConsumer):
         if self.max_send_buffer <= 0:
             return
         self._write_watch = slow_reader_guard(self.max_send_buffer).watch(self.base_send, self._cut_off)
-        protocol_ = self._write_watch.protocol if self._write_watch is not None else None
-        if protocol_ is not None:
-            # A frame over daphne's own message limit gets a close frame (1009), not a silent drop.
-            protocol_.failByDrop = False
 
     def _cut_off(self, unsent: int) -> None:
         self.closed = True

@@ -543,6 +543,9 @@ class TopicRingLayer(BaseChannelLayer):
     def snapshot(self, rate: RateMeter | None = None) -> dict:
         """What this node reports about itself: counters, connections, local members per topic."""
         stats = dict(self.stats)
+        coalescer = getattr(self.transport, "appends", None)
+        if coalescer is not None:  # what coalescing saves: appends per Redis round trip
+            stats["appends"], stats["append_round_trips"] = coalescer.appends, coalescer.pipelines
         return {
             "name": self.node,
             "started_at": self.started_at,

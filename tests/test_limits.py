@@ -83,3 +83,22 @@ def test_token_bucket_allows_the_burst_then_the_rate():
     assert [bucket.take(now=0.0) for _ in range(4)] == [True, True, True, False]
     assert bucket.take(now=0.49) is False and bucket.take(now=0.5) is True  # one token per 0.5 s
     assert sum(bucket.take(now=100.0) for _ in range(10)) == 3  # never more than the burst saved up
+
+
+async def test_a_frame_over_daphnes_own_limit_gets_a_close_code_and_a_log_line(daphne_node):
+    """Frames over DPS_MAX_FRAME_BYTES get 4009 from DPS; over daphne's message limit (1 MiB by
+    default, --websocket_max_message_size) daphne's websocket layer closes first: with 1009."""
+    big, other = [await websockets.connect(daphne_node.url(), max_size=None) for _ in range(2)]
+    await _join(other)
+    await big.send("x" * (1024 * 1024 + 10))
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        async with asyncio.timeout(10):
+            await big.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    deadline = time.monotonic() + 10
+    while "closed with 1009" not in daphne_node.output():
+        assert time.monotonic() < deadline, daphne_node.output()[-2000:]
+        await asyncio.sleep(0.05)
+    await other.send(json.dumps([None, "h", "phoenix", "heartbeat", {}]))  # the node serves the others
+    assert json.loads(await asyncio.wait_for(other.recv(), 10))[4]["status"] == "ok"
+    await other.close()
