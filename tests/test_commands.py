@@ -183,6 +183,7 @@ async def test_runcluster_runs_the_seed_example_and_stops_promptly(ring):
         took = time.monotonic() - interrupted
     except BaseException:
         await cluster.kill()
+        print(f"runcluster output:\n{cluster.output()}")  # shown with the failure
         raise
     output = cluster.output()
     assert code == 0, output
