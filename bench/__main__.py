@@ -5,7 +5,9 @@ Scenarios (each on every stack that applies, measured in the same run so ratios 
 2. end to end: 2 daphne nodes, websocket subscribers, one publisher, burst and paced at 2 msg/s;
 3. connect storm: 1,000 simultaneous handshakes;
 4. idle memory: RSS per idle connection of one node;
-5. the floor: a bare ASGI app on daphne writing one pre-encoded frame to every socket.
+5. the floor: a bare ASGI app on daphne writing one pre-encoded frame to every socket;
+6. chat: many rooms, every client publishing at random, offered load raised until each stack
+   saturates, and a join storm (bench/chat.py).
 Prints a table with the ratios, writes bench/results/<time>.json and a PNG plot.
 """
 
@@ -23,16 +25,13 @@ from pathlib import Path
 
 import websockets
 
-from bench import layer_fanout
+from bench import chat, layer_fanout
 from bench.clients import ClientGroup
+from bench.logs import log
 from bench.stacks import Stack
 
 RESULTS = Path(__file__).parent / "results"
 TOPIC = "bench:room"
-
-
-def log(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 # Scenario 1
@@ -198,67 +197,77 @@ def print_report(rows) -> None:
     def find(**match):
         return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
 
-    print("\n== layer fan-out (2 node processes) ==")
-    print(
-        f"{'members':>8} {'stack':<13} {'deliveries/s':>13} {'lost':>6} {'cmds/pub':>9} {'bytes/pub':>10} {'DPS ratio':>10}"
-    )
-    for row in [r for r in rows if r["scenario"] == "layer"]:
-        dps = find(scenario="layer", stack="dps", members=row["members"])
+    ran = {r["scenario"] for r in rows}
+    if "layer" in ran:
+        print("\n== layer fan-out (2 node processes) ==")
         print(
-            f"{row['members']:>8} {row['stack']:<13} {row['deliveries_per_s']:>13,.0f} {row['lost']:>6} "
-            f"{row['redis_commands_per_publish']:>9.1f} {row['redis_bytes_per_publish']:>10,.0f} "
-            f"{ratio(dps and dps['deliveries_per_s'], row['deliveries_per_s']):>10}"
+            f"{'members':>8} {'stack':<13} {'deliveries/s':>13} {'lost':>6} {'cmds/pub':>9} {'bytes/pub':>10} {'DPS ratio':>10}"
         )
-    print("\n== end to end (2 daphne nodes, one publisher) ==")
-    print(
-        f"{'clients':>7} {'mode':<10} {'stack':<13} {'deliv/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-        f"{'lost':>6} {'µs CPU/deliv':>12} {'DPS ratio':>10}"
-    )
-    for row in [r for r in rows if r["scenario"] == "e2e"]:
-        dps = find(scenario="e2e", stack="dps", mode=row["mode"], clients=row["clients"])
-        better = (
-            ratio(dps and dps["deliveries_per_s"], row["deliveries_per_s"])
-            if row["mode"] == "burst"
-            else ratio(row["p99_ms"], dps and dps["p99_ms"])
-        )
+        for row in [r for r in rows if r["scenario"] == "layer"]:
+            dps = find(scenario="layer", stack="dps", members=row["members"])
+            print(
+                f"{row['members']:>8} {row['stack']:<13} {row['deliveries_per_s']:>13,.0f} {row['lost']:>6} "
+                f"{row['redis_commands_per_publish']:>9.1f} {row['redis_bytes_per_publish']:>10,.0f} "
+                f"{ratio(dps and dps['deliveries_per_s'], row['deliveries_per_s']):>10}"
+            )
+    if "e2e" in ran:
+        print("\n== end to end (2 daphne nodes, one publisher) ==")
         print(
-            f"{row['clients']:>7} {row['mode']:<10} {row['stack']:<13} {row['deliveries_per_s']:>9,.0f} "
-            f"{row['p50_ms'] or 0:>7.0f} {row['p99_ms'] or 0:>7.0f} {row['max_ms'] or 0:>7.0f} {row['lost']:>6} "
-            f"{row['daphne_cpu_us_per_delivery'] or 0:>12.0f} {better:>10}"
+            f"{'clients':>7} {'mode':<10} {'stack':<13} {'deliv/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+            f"{'lost':>6} {'µs CPU/deliv':>12} {'DPS ratio':>10}"
         )
-    print("   (DPS ratio: burst = DPS deliveries/s over this stack's; paced = this stack's p99 over DPS's)")
-    print("\n== connect storm ==")
-    for row in [r for r in rows if r["scenario"] == "storm"]:
-        print(f"{row['stack']:<13} {row['handshakes']} handshakes: {row['failures']} failed, {row['seconds']:.2f} s")
-    print("\n== idle memory (one node) ==")
-    for row in [r for r in rows if r["scenario"] == "memory"]:
-        print(f"{row['stack']:<13} {row['connections']} connections: {row['kb_per_connection']:.1f} KB RSS each")
+        for row in [r for r in rows if r["scenario"] == "e2e"]:
+            dps = find(scenario="e2e", stack="dps", mode=row["mode"], clients=row["clients"])
+            better = (
+                ratio(dps and dps["deliveries_per_s"], row["deliveries_per_s"])
+                if row["mode"] == "burst"
+                else ratio(row["p99_ms"], dps and dps["p99_ms"])
+            )
+            print(
+                f"{row['clients']:>7} {row['mode']:<10} {row['stack']:<13} {row['deliveries_per_s']:>9,.0f} "
+                f"{row['p50_ms'] or 0:>7.0f} {row['p99_ms'] or 0:>7.0f} {row['max_ms'] or 0:>7.0f} {row['lost']:>6} "
+                f"{row['daphne_cpu_us_per_delivery'] or 0:>12.0f} {better:>10}"
+            )
+        print("   (DPS ratio: burst = DPS deliveries/s over this stack's; paced = this stack's p99 over DPS's)")
+    if "storm" in ran:
+        print("\n== connect storm ==")
+        for row in [r for r in rows if r["scenario"] == "storm"]:
+            print(
+                f"{row['stack']:<13} {row['handshakes']} handshakes: {row['failures']} failed, {row['seconds']:.2f} s"
+            )
+    if "memory" in ran:
+        print("\n== idle memory (one node) ==")
+        for row in [r for r in rows if r["scenario"] == "memory"]:
+            print(f"{row['stack']:<13} {row['connections']} connections: {row['kb_per_connection']:.1f} KB RSS each")
+    chat.print_report(rows)
 
 
-def plot(rows, path: Path) -> None:
+def plot(rows, path: Path) -> bool:
+    """One panel per scenario that has a curve (layer, end to end, chat); False if there is none."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (layer_axis, e2e_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name in ("dps", "stock-pubsub", "stock-core", "floor"):
-        layer = sorted(
-            (r["members"], r["deliveries_per_s"]) for r in rows if r["scenario"] == "layer" and r["stack"] == name
-        )
-        if layer:
-            layer_axis.plot(*zip(*layer, strict=True), marker="o", label=name)
-        e2e = sorted(
-            (r["clients"], r["deliveries_per_s"])
-            for r in rows
-            if r["scenario"] == "e2e" and r["stack"] == name and r["mode"] == "burst"
-        )
-        if e2e:
-            e2e_axis.plot(*zip(*e2e, strict=True), marker="o", label=name)
-    for axis, title, xlabel in (
-        (layer_axis, "layer fan-out, 2 node processes", "group members"),
-        (e2e_axis, "end to end burst, 2 daphne nodes", "websocket subscribers"),
+    panels = []
+    for scenario, title, xlabel, x, keep in (
+        ("layer", "layer fan-out, 2 node processes", "group members", "members", lambda r: True),
+        ("e2e", "end to end burst, 2 daphne nodes", "websocket subscribers", "clients", lambda r: r["mode"] == "burst"),
     ):
+        curves = {}
+        for r in rows:
+            if r["scenario"] == scenario and keep(r):
+                curves.setdefault(r["stack"], []).append((r[x], r["deliveries_per_s"]))
+        if curves:
+            panels.append((title, xlabel, curves))
+    with_chat = any(r["scenario"] == "chat" for r in rows)
+    if not panels and not with_chat:
+        return False
+    count = len(panels) + with_chat
+    figure, axes = plt.subplots(1, count, figsize=(6 * count, 4.5), squeeze=False)
+    for axis, (title, xlabel, curves) in zip(axes[0], panels, strict=False):
+        for name, points in curves.items():
+            axis.plot(*zip(*sorted(points), strict=True), marker="o", label=name)
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_title(title)
@@ -266,19 +275,25 @@ def plot(rows, path: Path) -> None:
         axis.set_ylabel("deliveries/s")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend()
+    if with_chat:
+        chat.plot(axes[0][-1], rows)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+    return True
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller run, under about 2 minutes")
-    parser.add_argument("--only", help="comma-separated scenarios: layer,e2e,storm,memory")
+    parser.add_argument("--quick", action="store_true", help="a smaller run, about 5 minutes (chat alone: about 3)")
+    parser.add_argument("--only", help="comma-separated scenarios: layer,e2e,storm,memory,chat")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit: 10,000 sockets need it
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dps_site.settings")
-    scenarios = set((args.only or "layer,e2e,storm,memory").split(","))
+    scenarios = set((args.only or "layer,e2e,storm,memory,chat").split(","))
+    unknown = scenarios - {"layer", "e2e", "storm", "memory", "chat"}
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}")
     layer_stacks = ["dps", "stock-pubsub", "stock-core"]
     e2e_stacks = ["dps", "stock-pubsub", "stock-core", "floor"]
     if args.quick:
@@ -305,6 +320,8 @@ def main() -> None:
         rows += [connect_storm(name, storm) for name in ("dps", "stock-pubsub", "stock-core")]
     if "memory" in scenarios:
         rows += [idle_memory(name, idle) for name in ("dps", "stock-pubsub")]
+    if "chat" in scenarios:
+        rows += chat.run(["dps", "stock-pubsub", "stock-core"], args.quick)
     print_report(rows)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -315,8 +332,8 @@ def main() -> None:
         "python": sys.version.split()[0],
     }
     (RESULTS / f"{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    plot(rows, RESULTS / f"{stamp}.png")
-    print(f"\nresults: bench/results/{stamp}.json and .png ({time.time() - started:.0f} s)")
+    plotted = plot(rows, RESULTS / f"{stamp}.png")
+    print(f"\nresults: bench/results/{stamp}.json{' and .png' if plotted else ''} ({time.time() - started:.0f} s)")
 
 
 if __name__ == "__main__":
