@@ -8,31 +8,35 @@ work per publish is O(nodes), never O(subscribers).
 Channel names carry their node (``dps.ws-a!3f9c…``), so send() to a channel of
 another node is one append to that node's stream. Delivered messages are shared
 between the local receivers of one group_send: treat them as read-only.
+
+This module is the Channels contract and the node's membership state; the rest
+of a node's work lives beside it, one concept a module: ``node_delivery``
+(reading the node's stream), ``ring_following`` (owners and ring generations),
+``node_liveness`` (heartbeat and snapshot) and ``draining``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import secrets
-import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-import orjson
 from channels.layers import BaseChannelLayer
 
 from pubsub import entries
+from pubsub.draining import Draining
 from pubsub.exceptions import ChannelFull, ConfigurationError, TransportError
 from pubsub.heartbeat import HeartbeatThread
 from pubsub.mailbox import Mailbox
+from pubsub.node_delivery import NodeDelivery
+from pubsub.node_liveness import NodeLiveness
 from pubsub.protocol import valid_topic
-from pubsub.rates import RateMeter
 from pubsub.ring import HashRing
+from pubsub.ring_following import RingFollowing
 from pubsub.tasks import stop_tasks
 from pubsub.transport.base import Transport, inbox_stream, node_stream
 from pubsub.transport.memory import MemoryTransport
@@ -42,12 +46,9 @@ __all__ = ["TopicRingLayer", "NODE_NAME_PATTERN"]
 logger = logging.getLogger(__name__)
 
 NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_READ_BATCH = 512
-_READ_BLOCK_MS = 1000
-_RETRY_DELAY = 0.5
 
 
-class TopicRingLayer(BaseChannelLayer):
+class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseChannelLayer):
     """A drop-in Channels layer (extensions: groups, flush) backed by topic servers on a hash ring.
 
     With no transport (no ``redis_url``) it runs embedded: an in-memory transport
@@ -235,42 +236,11 @@ class TopicRingLayer(BaseChannelLayer):
         finally:
             client.close()
 
-    def register_fastlane(self, channel: str, fastlane: Callable[[dict], bool]) -> None:
-        """Deliver group messages for channel by calling fastlane(message) in the node reader.
-
-        fastlane must not block; it returns False for a message it does not
-        handle, which then goes to the channel's mailbox as usual.
-        """
-        self._fastlanes[channel] = fastlane
-
-    def register_closer(self, channel: str, close: Callable[[], None]) -> None:
-        """How to close channel's connection when this node drains (close must not block)."""
-        self._closers[channel] = close
-
     def discard_channel(self, channel: str) -> None:
         """Forget a closed channel's mailbox, fastlane and closer now (its groups must have been left already)."""
         self._mailboxes.pop(channel, None)
         self._fastlanes.pop(channel, None)
         self._closers.pop(channel, None)
-
-    async def drain(self, batch: int = 500, pause: float = 0.05) -> None:
-        """Stop serving: close the connections in batches (clients reconnect to another node), tell
-        the owners this node holds nothing, and leave the registry."""
-        closers = list(self._closers.values())
-        logger.info("node %s: draining %d connections", self.node, len(closers))
-        for first in range(0, len(closers), batch):
-            for close in closers[first : first + batch]:
-                try:
-                    close()
-                except Exception:
-                    logger.exception("node %s: closing a connection failed", self.node)
-            await asyncio.sleep(pause)
-        groups, self._groups = list(self._groups), {}
-        await self._tell_owners("unsub", groups)
-        self.draining = True
-        await self._stop_heartbeat()
-        await self.transport.forget("node", self.node)
-        logger.info("node %s: drained; left %d topics", self.node, len(groups))
 
     def local_members(self, group: str) -> int:
         return len(self._groups.get(group, ()))
@@ -383,52 +353,6 @@ class TopicRingLayer(BaseChannelLayer):
         if not self.embedded:
             self._spawn(self._watch_ring(), f"dps-ring-{self.node}")
 
-    def _start_heartbeat(self) -> None:
-        """Renew the heartbeat from a thread when the backend can (see pubsub/heartbeat.py)."""
-        beat = self.transport.sync_heartbeat("node", self.node)
-        if beat is not None:
-            self._heartbeat = HeartbeatThread(
-                beat,
-                f"node {self.node}",
-                interval=self.heartbeat_interval,
-                loop=asyncio.get_running_loop(),
-                stall_limit=max(30.0, 6 * self.liveness_ttl),
-            )
-            self._heartbeat.start()
-
-    async def _stop_heartbeat(self) -> None:
-        heartbeat, self._heartbeat = self._heartbeat, None
-        if heartbeat is not None:
-            await asyncio.to_thread(heartbeat.stop)
-
-    @property
-    def heartbeat_interval(self) -> float:
-        return min(1.0, self.liveness_ttl / 3)
-
-    def _drain_on_sigterm(self) -> None:
-        """Run drain() when SIGTERM arrives, then hand the signal to the handler it replaced (daphne's
-        Twisted reactor stops on it). Installed once the server runs, so it comes after Twisted's."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        loop = asyncio.get_running_loop()
-        previous = signal.getsignal(signal.SIGTERM)
-
-        async def drain_then_stop(signum, frame):
-            try:
-                await asyncio.wait_for(self.drain(), 4 * self.liveness_ttl)
-            except Exception:
-                logger.exception("node %s: draining failed; stopping anyway", self.node)
-            signal.signal(signal.SIGTERM, previous)
-            if callable(previous):
-                previous(signum, frame)
-            else:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        def on_sigterm(signum, frame):
-            loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_stop(signum, frame)))
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-
     def _make_transport(self) -> Transport:
         if self.redis_url is None:
             return MemoryTransport(maxlen=self.stream_maxlen)
@@ -438,170 +362,6 @@ class TopicRingLayer(BaseChannelLayer):
 
     def _spawn(self, coroutine, name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coroutine, name=name))
-
-    async def _read_node_stream(self, after: str) -> None:
-        """This node's one reader: delivery, direct sends and remote group changes."""
-        stream = node_stream(self.node)
-        while True:
-            try:
-                batch = await self.transport.read(stream, after, _READ_BATCH, _READ_BLOCK_MS)
-            except TransportError as exc:
-                logger.warning("node %s: reading %s failed (%s); retrying", self.node, stream, exc)
-                await asyncio.sleep(_RETRY_DELAY)
-                continue
-            if batch:
-                appended = self.transport.id_time(batch[-1][0])
-                self.stream_lag = max(0.0, time.time() - appended) if appended is not None else 0.0
-            for entry_id, data in batch:
-                after = entry_id
-                try:
-                    await self._handle_node_entry(entries.unpack(data, entries.NODE_OPS))
-                except entries.MalformedEntry as exc:
-                    self.stats["malformed"] += 1
-                    logger.warning("node %s skipped entry %s: %s", self.node, entry_id, exc)
-                except Exception:
-                    logger.exception("node %s failed on entry %s; carrying on", self.node, entry_id)
-
-    async def _handle_node_entry(self, fields: list) -> None:
-        op = fields[0]
-        if op == "msg":
-            _, topic, seq, blob = fields
-            self._deliver_to_group(topic, seq, blob)
-        elif op == "send":
-            _, channel, blob = fields
-            if not self._mailbox(channel).put(entries.unpack_message(blob)):
-                self._count_drop(channel)
-        elif op == "gadd":
-            _, group, channel = fields
-            await self.group_add(group, channel)
-        elif op == "gdiscard":
-            _, group, channel = fields
-            await self._leave_local(group, channel)
-        elif op == "owner":
-            _, server, token, generation = fields
-            if self.live_ring and generation > self.generation:
-                await self._follow_ring()
-            await self._tell_owners("sub", [group for group in self._groups if self.ring.owner(group) == server])
-            await self.transport.ack_barrier(server, self.node, token)
-        elif op == "dropped":
-            _, server = fields
-            self.stats["dropped_by_owner"] += 1
-            logger.warning("node %s: topic server %s had taken this node for dead; announcing again", self.node, server)
-            await self._tell_owners("sub", [group for group in self._groups if self.ring.owner(group) == server])
-
-    async def _tell_owners(self, op: str, groups: list[str]) -> None:
-        """One sub/unsub per group to its owner, in one round trip (re-announcing, or draining)."""
-        if groups:
-            logger.info("node %s: %s %d topics at their owners", self.node, op, len(groups))
-            await self.transport.append_many(
-                [(inbox_stream(self.ring.owner(group)), entries.pack(op, group, self.node)) for group in groups]
-            )
-
-    async def _watch_ring(self) -> None:
-        """Follow ring generations (live ring) and notice a Redis that restarted empty."""
-        while True:
-            await asyncio.sleep(self.ring_poll)
-            try:
-                epoch = await self.transport.epoch()
-                if epoch != self.epoch:
-                    logger.warning("node %s: Redis restarted empty; announcing every topic again", self.node)
-                    # Owners keep numbering from memory, so the last numbers seen stay valid.
-                    self.epoch, self.generation = epoch, -1
-                    if self.live_ring:
-                        await self._follow_ring()
-                    await self._tell_owners("sub", list(self._groups))
-                elif self.live_ring:
-                    await self._follow_ring()
-            except TransportError as exc:
-                logger.warning("node %s: ring check failed: %s", self.node, exc)
-
-    async def _follow_ring(self) -> None:
-        """Adopt a newer ring generation; topics that changed owner are announced to the new owner."""
-        generation, members = await self.transport.ring_state()
-        if generation == self.generation or not members:
-            return
-        previous, self.ring, self.generation = self.ring, HashRing(members), generation
-        moved = [group for group in self._groups if previous.owner(group) != self.ring.owner(group)]
-        logger.info("node %s: ring generation %d %s; %d local topics moved", self.node, generation, members, len(moved))
-        await self._tell_owners("sub", moved)
-
-    async def _keep_alive(self) -> None:
-        """Renew this node's heartbeat and publish its snapshot for the admin page."""
-        rate = RateMeter()
-        while True:
-            try:
-                if self.draining:
-                    return
-                if self._heartbeat is None:
-                    await self.transport.heartbeat("node", self.node)
-                snapshot = self.snapshot(rate)
-                await self.transport.put_snapshot("node", self.node, orjson.dumps(snapshot), 3 * self.liveness_ttl)
-            except TransportError as exc:
-                logger.warning("node %s: heartbeat failed: %s", self.node, exc)
-            await asyncio.sleep(self.heartbeat_interval)
-
-    def snapshot(self, rate: RateMeter | None = None) -> dict:
-        """What this node reports about itself: counters, connections, local members per topic."""
-        stats = dict(self.stats)
-        coalescer = getattr(self.transport, "appends", None)
-        if coalescer is not None:  # what coalescing saves: appends per Redis round trip
-            stats["appends"], stats["append_round_trips"] = coalescer.appends, coalescer.pipelines
-        return {
-            "name": self.node,
-            "started_at": self.started_at,
-            "at": time.time(),
-            "stats": stats,
-            "connections": stats.get("connections_opened", 0) - stats.get("connections_closed", 0),
-            "channels": len(self._mailboxes),
-            "deliveries_per_s": rate.per_second(stats.get("delivered", 0)) if rate else None,
-            "topics": {group: len(members) for group, members in self._groups.items()},
-        }
-
-    def _deliver_to_group(self, topic: str, seq: int, blob: bytes) -> None:
-        members = self._groups.get(topic)
-        if not members:
-            return
-        last = self._last_seq.get(topic)
-        if last is not None:
-            if seq <= last:  # a retried append of the owner's: already delivered
-                self.stats["duplicates"] += 1
-                return
-            if seq != last + 1:
-                self.stats["sequence_gaps"] += 1
-                logger.warning("node %s: topic %s jumped from seq %d to %d", self.node, topic, last, seq)
-        self._last_seq[topic] = seq
-        message = entries.unpack_message(blob)
-        delivered = 0
-        fastlanes = self._fastlanes
-        for channel in members:
-            fastlane = fastlanes.get(channel)
-            if fastlane is not None:
-                try:
-                    if fastlane(message):
-                        delivered += 1
-                        continue
-                except Exception:
-                    self.stats["fastlane_errors"] += 1
-                    logger.exception("node %s: fastlane of %s failed", self.node, channel)
-                    continue
-            if self._mailbox(channel).put(message):
-                delivered += 1
-            else:
-                self._count_drop(channel)
-        self.stats["delivered"] += delivered
-
-    def _count_drop(self, channel: str) -> None:
-        self.stats["dropped"] += 1
-        now = time.monotonic()
-        if now - self._last_drop_log >= 1.0:
-            self._last_drop_log = now
-            logger.warning(
-                "node %s: mailbox of %s is full (capacity %d); %d messages dropped so far",
-                self.node,
-                channel,
-                self.get_capacity(channel),
-                self.stats["dropped"],
-            )
 
     async def _sweep_idle_channels(self) -> None:
         """Forget channels nobody has received on for `expiry` seconds, and their groups."""

@@ -1,0 +1,135 @@
+"""The node's delivery path: one reader of the node's stream hands each message to its local members.
+
+A mixin of ``TopicRingLayer`` (pubsub/layer.py), which owns the state it uses:
+``_groups`` (group -> local channels), ``_mailboxes``, ``_fastlanes`` and
+``_last_seq`` (per topic, to drop repeats and count gaps). A message is decoded
+once per node; a member with a fastlane (a Phoenix socket) gets the frame
+written at once, any other channel gets it in its mailbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from pubsub import entries
+from pubsub.exceptions import TransportError
+from pubsub.transport.base import node_stream
+
+__all__ = ["NodeDelivery"]
+
+logger = logging.getLogger("pubsub.layer")
+
+_READ_BATCH = 512
+_READ_BLOCK_MS = 1000
+_RETRY_DELAY = 0.5
+
+
+class NodeDelivery:
+    """Reads this node's stream: deliveries, direct sends, remote group changes, owners' notices."""
+
+    def register_fastlane(self, channel: str, fastlane: Callable[[dict], bool]) -> None:
+        """Deliver group messages for channel by calling fastlane(message) in the node reader.
+
+        fastlane must not block; it returns False for a message it does not
+        handle, which then goes to the channel's mailbox as usual.
+        """
+        self._fastlanes[channel] = fastlane
+
+    async def _read_node_stream(self, after: str) -> None:
+        """This node's one reader: delivery, direct sends and remote group changes."""
+        stream = node_stream(self.node)
+        while True:
+            try:
+                batch = await self.transport.read(stream, after, _READ_BATCH, _READ_BLOCK_MS)
+            except TransportError as exc:
+                logger.warning("node %s: reading %s failed (%s); retrying", self.node, stream, exc)
+                await asyncio.sleep(_RETRY_DELAY)
+                continue
+            if batch:
+                appended = self.transport.id_time(batch[-1][0])
+                self.stream_lag = max(0.0, time.time() - appended) if appended is not None else 0.0
+            for entry_id, data in batch:
+                after = entry_id
+                try:
+                    await self._handle_node_entry(entries.unpack(data, entries.NODE_OPS))
+                except entries.MalformedEntry as exc:
+                    self.stats["malformed"] += 1
+                    logger.warning("node %s skipped entry %s: %s", self.node, entry_id, exc)
+                except Exception:
+                    logger.exception("node %s failed on entry %s; carrying on", self.node, entry_id)
+
+    async def _handle_node_entry(self, fields: list) -> None:
+        op = fields[0]
+        if op == "msg":
+            _, topic, seq, blob = fields
+            self._deliver_to_group(topic, seq, blob)
+        elif op == "send":
+            _, channel, blob = fields
+            if not self._mailbox(channel).put(entries.unpack_message(blob)):
+                self._count_drop(channel)
+        elif op == "gadd":
+            _, group, channel = fields
+            await self.group_add(group, channel)
+        elif op == "gdiscard":
+            _, group, channel = fields
+            await self._leave_local(group, channel)
+        elif op == "owner":
+            _, server, token, generation = fields
+            if self.live_ring and generation > self.generation:
+                await self._follow_ring()
+            await self._tell_owners("sub", [group for group in self._groups if self.ring.owner(group) == server])
+            await self.transport.ack_barrier(server, self.node, token)
+        elif op == "dropped":
+            _, server = fields
+            self.stats["dropped_by_owner"] += 1
+            logger.warning("node %s: topic server %s had taken this node for dead; announcing again", self.node, server)
+            await self._tell_owners("sub", [group for group in self._groups if self.ring.owner(group) == server])
+
+    def _deliver_to_group(self, topic: str, seq: int, blob: bytes) -> None:
+        members = self._groups.get(topic)
+        if not members:
+            return
+        last = self._last_seq.get(topic)
+        if last is not None:
+            if seq <= last:  # a retried append of the owner's: already delivered
+                self.stats["duplicates"] += 1
+                return
+            if seq != last + 1:
+                self.stats["sequence_gaps"] += 1
+                logger.warning("node %s: topic %s jumped from seq %d to %d", self.node, topic, last, seq)
+        self._last_seq[topic] = seq
+        message = entries.unpack_message(blob)
+        delivered = 0
+        fastlanes = self._fastlanes
+        for channel in members:
+            fastlane = fastlanes.get(channel)
+            if fastlane is not None:
+                try:
+                    if fastlane(message):
+                        delivered += 1
+                        continue
+                except Exception:
+                    self.stats["fastlane_errors"] += 1
+                    logger.exception("node %s: fastlane of %s failed", self.node, channel)
+                    continue
+            if self._mailbox(channel).put(message):
+                delivered += 1
+            else:
+                self._count_drop(channel)
+        self.stats["delivered"] += delivered
+
+    def _count_drop(self, channel: str) -> None:
+        self.stats["dropped"] += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= 1.0:
+            self._last_drop_log = now
+            logger.warning(
+                "node %s: mailbox of %s is full (capacity %d); %d messages dropped so far",
+                self.node,
+                channel,
+                self.get_capacity(channel),
+                self.stats["dropped"],
+            )
