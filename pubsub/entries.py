@@ -3,11 +3,13 @@
 Inbox of a topic server (``dps:ts:{name}``):
     ["sub", topic, node]          node holds its first local member of topic
     ["unsub", topic, node]        node's last local member left
-    ["pub", topic, message]       a group_send; message is msgpack bytes, passed through untouched
+    ["pub", topic, message, origin]   a group_send; message is msgpack bytes, passed through untouched;
+                                  origin ("node/process-token/counter") lets the owner drop an
+                                  append that a retry repeated
     ["hello", node]               node (re)started: forget what it held, it re-announces
     ["fwd", topic, message, seq, origin]   a pub passed on by a server that does not own topic
-                                  (any more); seq > 0 if a previous owner numbered it; origin
-                                  ("server/entry-id") lets the owner drop repeated forwards
+                                  (any more); seq > 0 if a previous owner numbered it; origin is
+                                  the pub's, so the owner drops repeated forwards
 
 Stream of a websocket node (``dps:node:{name}``):
     ["msg", topic, seq, message]  one per node per published message, seq per topic from 1
@@ -35,7 +37,7 @@ __all__ = ["MalformedEntry", "pack", "unpack", "pack_message", "unpack_message",
 INBOX_OPS = {
     "sub": (str, str),
     "unsub": (str, str),
-    "pub": (str, bytes),
+    "pub": (str, bytes, str),
     "fwd": (str, bytes, int, str),
     "hello": (str,),
 }

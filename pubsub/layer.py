@@ -89,6 +89,9 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseCh
         self._given_transport = transport
         self.embedded = transport is None and redis_url is None
         self.stats: Counter[str] = Counter()
+        # Publish origins: unique per process, so an owner can drop a publish a retry appended twice.
+        self._origin_prefix = f"{node}/{secrets.token_hex(6)}/"
+        self._published = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -183,7 +186,9 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseCh
         self._check_message(message)
         await self._ensure_started()
         owner = self.ring.owner(group)
-        await self._append(inbox_stream(owner), entries.pack("pub", group, entries.pack_message(message)))
+        self._published += 1
+        origin = f"{self._origin_prefix}{self._published}"
+        await self._append(inbox_stream(owner), entries.pack("pub", group, entries.pack_message(message), origin))
         self.stats["group_sends"] += 1
 
     # Flush extension

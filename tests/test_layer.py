@@ -250,6 +250,21 @@ async def test_owner_stamps_sequence_numbers(two_nodes):
     assert b.stats["sequence_gaps"] == 0
 
 
+async def test_a_publish_appended_twice_is_delivered_once(two_nodes):
+    """A retried append can store a publish twice (Redis applied it, the reply was lost): the owner
+    drops the repeat by the publish's origin."""
+    (a, b), transport, servers = two_nodes
+    channel = await b.new_channel()
+    await b.group_add("once", channel)
+    owner = next(s for s in servers if s.name == a.ring.owner("once"))
+    entry = entries.pack("pub", "once", entries.pack_message({"type": "m", "n": 1}), "ws-a/test/1")
+    await transport.append_many([(inbox_stream(owner.name), entry), (inbox_stream(owner.name), entry)])
+    await a.group_send("once", {"type": "m", "n": 2})
+    assert [(await receive(b, channel))["n"] for _ in range(2)] == [1, 2]
+    await assert_nothing(b, channel)
+    assert owner.stats["repeats"] == 1 and owner.sequences["once"] == 2
+
+
 async def test_send_to_a_channel_of_another_node(two_nodes):
     (a, b), transport, _ = two_nodes
     channel = await b.new_channel()

@@ -371,7 +371,7 @@ class TopicServer:
                 except entries.MalformedEntry:
                     continue
                 if fields[0] in ("pub", "fwd"):
-                    outgoing.append(self._forward(gone, entry_id, fields, stamps.get(entry_id, 0)))
+                    outgoing.append(self._forward(fields, stamps.get(entry_id, 0)))
                 elif fields[0] in ("sub", "unsub"):
                     outgoing.append((inbox_stream(self.owner(fields[1])), data))
             if outgoing:
@@ -382,12 +382,12 @@ class TopicServer:
         if moved:  # a server that left gracefully handed everything over already
             logger.info("topic server %s: took over %d entries of the dead %s", self.name, moved, gone)
 
-    def _forward(self, inbox_owner: str, entry_id: str, fields: list, stamp: int) -> tuple[str, bytes]:
+    def _forward(self, fields: list, stamp: int) -> tuple[str, bytes]:
         topic, message = fields[1], fields[2]
         if fields[0] == "fwd":
             seq, origin = fields[3] or stamp, fields[4]
         else:
-            seq, origin = stamp, f"{inbox_owner}/{entry_id}"
+            seq, origin = stamp, fields[3]
         self.stats["forwarded"] += 1
         return inbox_stream(self.owner(topic)), entries.pack("fwd", topic, message, seq, origin)
 
@@ -465,16 +465,16 @@ class TopicServer:
         if op in ("pub", "fwd"):
             topic = fields[1]
             if self.owner(topic) != self.name:  # the ring moved on: pass it to the owner
-                outgoing.append(self._forward(self.name, entry_id, fields, stamp))
+                outgoing.append(self._forward(fields, stamp))
                 return
+            origin = fields[4] if op == "fwd" else fields[3]
+            if origin in self._origins:  # repeated by a retried append, a retried commit or a second forwarder
+                self.stats["repeats"] += 1
+                return
+            self._origins[origin] = None
+            if len(self._origins) > _REMEMBERED_ORIGINS:
+                self._origins.popitem(last=False)
             if op == "fwd":
-                origin = fields[4]
-                if origin in self._origins:  # a forward repeated by a retry or a second forwarder
-                    self.stats["repeats"] += 1
-                    return
-                self._origins[origin] = None
-                if len(self._origins) > _REMEMBERED_ORIGINS:
-                    self._origins.popitem(last=False)
                 stamp = fields[3] or stamp
             self.stats["published"] += 1
             nodes = self.topics.get(topic)
