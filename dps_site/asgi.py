@@ -9,9 +9,13 @@ import os
 import sys
 
 from django.core.asgi import get_asgi_application
+from django.core.exceptions import ImproperlyConfigured
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dps_site.settings")
-django_application = get_asgi_application()  # sets Django up before the consumers import models
+try:
+    django_application = get_asgi_application()  # sets Django up before the consumers import models
+except ImproperlyConfigured as exc:  # a wrong DPS_* setting: one clear line, not daphne's traceback
+    sys.exit(f"DPS configuration error: {exc}")
 
 from channels.layers import get_channel_layer  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
@@ -42,7 +46,10 @@ def _start_node_when_daphne_runs(layer) -> None:
 
 layer = get_channel_layer()
 # Fail at start, naming the setting, rather than at the first websocket.
-layer.check()
+try:
+    layer.check()
+except ImproperlyConfigured as exc:
+    sys.exit(f"DPS configuration error: {exc}")
 # This process is a websocket node: on SIGTERM it drains (closes sockets so clients go elsewhere).
 layer.drain_on_sigterm = True
 _start_node_when_daphne_runs(layer)

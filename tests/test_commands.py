@@ -44,6 +44,7 @@ def test_runtopicserver_misconfiguration_stops_at_start(args, settings, named):
     result = run([sys.executable, "manage.py", "runtopicserver", *args], **settings)
     assert result.returncode != 0
     assert named in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("how", [{"DPS_REDIS_URL": UNREACHABLE_REDIS}, {"args": ["--redis-url", UNREACHABLE_REDIS]}])
@@ -91,6 +92,7 @@ def test_daphne_misconfiguration_stops_at_start(settings, named):
     )
     assert result.returncode != 0
     assert named in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr, "one clear line, not a traceback"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
