@@ -44,9 +44,9 @@ def _start_node_when_daphne_runs(layer) -> None:
     reactor.callWhenRunning(lambda: asyncio.ensure_future(start()))
 
 
-layer = get_channel_layer()
 # Fail at start, naming the setting, rather than at the first websocket.
 try:
+    layer = get_channel_layer()
     layer.check()
 except ImproperlyConfigured as exc:
     sys.exit(f"DPS configuration error: {exc}")
