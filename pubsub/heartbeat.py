@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["HeartbeatThread"]
+__all__ = ["HeartbeatThread", "heartbeat_interval", "start_heartbeat", "stop_heartbeat"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,3 +79,31 @@ class HeartbeatThread:
                 failing = True
             else:
                 failing = False
+
+
+def heartbeat_interval(liveness_ttl: float) -> float:
+    """About every second, and at least three beats per TTL."""
+    return min(1.0, liveness_ttl / 3)
+
+
+def start_heartbeat(transport, kind: str, name: str, liveness_ttl: float) -> HeartbeatThread | None:
+    """A started heartbeat thread for the process, or None if the backend has none (the embedded
+    mode: one process, whose loop renews its heartbeats itself)."""
+    beat = transport.sync_heartbeat(kind, name)
+    if beat is None:
+        return None
+    thread = HeartbeatThread(
+        beat,
+        f"{'topic server' if kind == 'topicserver' else kind} {name}",
+        interval=heartbeat_interval(liveness_ttl),
+        loop=asyncio.get_running_loop(),
+        stall_limit=max(30.0, 6 * liveness_ttl),
+    )
+    thread.start()
+    return thread
+
+
+async def stop_heartbeat(thread: HeartbeatThread | None) -> None:
+    """Stop renewing, without blocking the event loop while the thread finishes a beat."""
+    if thread is not None:
+        await asyncio.to_thread(thread.stop)

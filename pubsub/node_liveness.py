@@ -13,7 +13,7 @@ import time
 import orjson
 
 from pubsub.exceptions import TransportError
-from pubsub.heartbeat import HeartbeatThread
+from pubsub.heartbeat import heartbeat_interval, start_heartbeat, stop_heartbeat
 from pubsub.rates import RateMeter
 
 __all__ = ["NodeLiveness"]
@@ -25,26 +25,15 @@ class NodeLiveness:
     """Renews the node's heartbeat and publishes its snapshot."""
 
     def _start_heartbeat(self) -> None:
-        """Renew the heartbeat from a thread when the backend can (see pubsub/heartbeat.py)."""
-        beat = self.transport.sync_heartbeat("node", self.node)
-        if beat is not None:
-            self._heartbeat = HeartbeatThread(
-                beat,
-                f"node {self.node}",
-                interval=self.heartbeat_interval,
-                loop=asyncio.get_running_loop(),
-                stall_limit=max(30.0, 6 * self.liveness_ttl),
-            )
-            self._heartbeat.start()
+        self._heartbeat = start_heartbeat(self.transport, "node", self.node, self.liveness_ttl)
 
     async def _stop_heartbeat(self) -> None:
         heartbeat, self._heartbeat = self._heartbeat, None
-        if heartbeat is not None:
-            await asyncio.to_thread(heartbeat.stop)
+        await stop_heartbeat(heartbeat)
 
     @property
     def heartbeat_interval(self) -> float:
-        return min(1.0, self.liveness_ttl / 3)
+        return heartbeat_interval(self.liveness_ttl)
 
     async def _keep_alive(self) -> None:
         """Renew this node's heartbeat and publish its snapshot for the admin page."""

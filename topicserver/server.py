@@ -36,7 +36,7 @@ import orjson
 
 from pubsub import entries
 from pubsub.exceptions import TransportError
-from pubsub.heartbeat import HeartbeatThread
+from pubsub.heartbeat import HeartbeatThread, start_heartbeat, stop_heartbeat
 from pubsub.rates import RateMeter
 from pubsub.ring import HashRing
 from pubsub.tasks import stop_tasks
@@ -131,22 +131,12 @@ class TopicServer:
             await stop_tasks(tasks)
 
     def _start_heartbeat(self) -> None:
-        """Renew the heartbeat from a thread when the backend can: a busy server is not a dead one."""
-        beat = self.transport.sync_heartbeat("topicserver", self.name)
-        if beat is not None:
-            self._heartbeat = HeartbeatThread(
-                beat,
-                f"topic server {self.name}",
-                interval=min(1.0, self.liveness_ttl / 3),
-                loop=asyncio.get_running_loop(),
-                stall_limit=max(30.0, 6 * self.liveness_ttl),
-            )
-            self._heartbeat.start()
+        """Renewed from a thread where the backend allows: a busy server is not a dead one."""
+        self._heartbeat = start_heartbeat(self.transport, "topicserver", self.name, self.liveness_ttl)
 
     async def _stop_heartbeat(self) -> None:
         heartbeat, self._heartbeat = self._heartbeat, None
-        if heartbeat is not None:
-            await asyncio.to_thread(heartbeat.stop)
+        await stop_heartbeat(heartbeat)
 
     async def leave(self) -> None:
         """Hand this server's topics to the others (live ring): unregister, wait until a ring without
