@@ -185,3 +185,15 @@ async def test_metrics_parse_and_move(cluster_factory):
     assert served["dps_topicserver_published"] - before_server["dps_topicserver_published"] == 5
     assert served["dps_topicserver_node_messages"] - before_server["dps_topicserver_node_messages"] == 10
     assert served["dps_topicserver_topics"] == 1 and served["dps_topicserver_nodes"] == 2
+
+
+async def test_nodes_report_before_their_first_websocket(cluster_factory):
+    """A node joins the cluster when daphne starts: the admin page lists it before anyone connects."""
+    cluster = cluster_factory()
+    client = cluster.redis.client()
+    deadline = time.monotonic() + TIMEOUT
+    while not all(client.exists(f"dps:snapshot:node:{{{name}}}") for name in cluster.nodes):
+        assert time.monotonic() < deadline, "a node without websockets never reported"
+        await asyncio.sleep(0.1)
+    assert {name.decode() for name in client.zrange("dps:nodes", 0, -1)} == set(cluster.nodes)
+    client.close()

@@ -259,3 +259,36 @@ async def test_redis_restart_resumes_service(workload):
     assert window["refused (whole run)"] > 0, "publishes during the outage got an error reply"
     assert window["lost"] == 0 and window["duplicates"] == 0, window
     assert steady["accepted"] > 0 and steady["lost"] == 0 and steady["duplicates"] == 0, steady
+
+
+def test_topic_servers_started_at_the_same_moment_form_one_ring(redis_server):
+    """Servers racing to propose the first ring: the losers adopt the winner's (one of three used
+    to crash unpacking a ring it never noted). Five at once, three times over."""
+    import sys
+
+    from tests.processes import ManagedProcess, dps_env
+
+    names = [f"ts-{i}" for i in range(1, 6)]
+    client = redis_server.client()
+    for attempt in range(3):
+        client.flushall()
+        servers = [
+            ManagedProcess(
+                [sys.executable, "manage.py", "runtopicserver", "--name", name],
+                dps_env(DPS_REDIS_URL=redis_server.url, DPS_LIVENESS_TTL=str(TTL)),
+                f"ts-{name}",
+            )
+            for name in names
+        ]
+        try:
+            deadline = time.monotonic() + 30
+            while json.loads(client.hget("dps:ring", "members") or b"[]") != names:
+                crashed = [s.name for s in servers if s.process.poll() is not None]
+                assert not crashed, f"attempt {attempt}: {crashed} exited:\n" + "\n".join(s.output() for s in servers)
+                assert time.monotonic() < deadline, f"attempt {attempt}: ring {client.hget('dps:ring', 'members')}"
+                time.sleep(0.05)
+        finally:
+            codes = [server.stop() for server in servers]
+        outputs = "\n".join(server.output() for server in servers)
+        assert codes == [0] * len(names) and "Traceback" not in outputs, outputs[-3000:]
+    client.close()

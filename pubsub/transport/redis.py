@@ -88,6 +88,11 @@ class RedisTransport:
             socket_connect_timeout=_CONNECT_TIMEOUT,
         )
         self._writer = aioredis.Redis(connection_pool=pool)
+        # The coalescer has one pipeline in flight at a time, so it gets a connection of its own:
+        # the hot path skips the shared pool's wait-for-a-free-connection machinery.
+        self._appender = aioredis.Redis.from_url(
+            url, max_connections=2, socket_timeout=_WRITE_TIMEOUT, socket_connect_timeout=_CONNECT_TIMEOUT
+        )
         self._readers: dict[str, aioredis.Redis] = {}
         self.appends = AppendCoalescer(self._append_pipeline)
         self._sync_clients: list = []
@@ -117,13 +122,18 @@ class RedisTransport:
         """One pipeline of XADDs for the coalescer, retried a while if Redis cannot be reached."""
         for delay in (*_APPEND_RETRY_DELAYS, None):
             try:
-                async with self._writer.pipeline(transaction=False) as pipe:
+                if len(items) == 1:  # nothing overlapped: one plain command is cheaper than a pipeline
+                    stream, data = items[0]
+                    await self._appender.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
+                    return
+                async with self._appender.pipeline(transaction=False) as pipe:
                     for stream, data in items:
                         pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
                     await pipe.execute()
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 await self._drop_connections()
+                await self._appender.connection_pool.disconnect(inuse_connections=False)
                 if delay is None:
                     raise TransportError(f"XADD of {len(items)} entries failed: {exc}") from exc
                 await asyncio.sleep(delay)
@@ -317,7 +327,7 @@ class RedisTransport:
 
     async def close(self) -> None:
         await self.appends.close()
-        for client in [self._writer, *self._readers.values()]:
+        for client in [self._writer, self._appender, *self._readers.values()]:
             await client.aclose()
         self._readers.clear()
         for client in self._sync_clients:
