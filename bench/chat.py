@@ -201,9 +201,11 @@ def _step(stack, clients, sizes, number, offered, rate_per_weight, plan) -> dict
     deadline = end + plan.drain_seconds
     while time.time() < deadline:
         polls = _call_all(clients, "poll")
-        if sum(p["replied"] for p in polls) >= sum(p["sent"] for p in polls) and sum(
-            p["deliveries"] for p in polls
-        ) >= sum(p["expected"] for p in polls):
+        if (
+            not any(p["sending"] for p in polls)
+            and sum(p["replied"] for p in polls) >= sum(p["sent"] for p in polls)
+            and sum(p["deliveries"] for p in polls) >= sum(p["expected"] for p in polls)
+        ):
             break
         time.sleep(0.2)
     drained = time.time() - end
@@ -686,7 +688,15 @@ class _Clients:
 
     async def do_poll(self) -> dict:
         step = self.step
-        return {"sent": step.sent, "replied": step.replied, "deliveries": step.deliveries, "expected": step.expected}
+        sender = getattr(self, "sender", None)
+        return {
+            "sent": step.sent,
+            "replied": step.replied,
+            "deliveries": step.deliveries,
+            "expected": step.expected,
+            # A sender running behind its schedule may still send the step's last publishes.
+            "sending": sender is not None and not sender.done(),
+        }
 
     async def do_collect(self) -> dict:
         step, self.step = self.step, None
