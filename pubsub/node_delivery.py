@@ -25,6 +25,7 @@ logger = logging.getLogger("pubsub.layer")
 _READ_BATCH = 512
 _READ_BLOCK_MS = 1000
 _RETRY_DELAY = 0.5
+_DELIVERIES_PER_TURN = 2000
 
 
 class NodeDelivery:
@@ -51,8 +52,14 @@ class NodeDelivery:
             if batch:
                 appended = self.transport.id_time(batch[-1][0])
                 self.stream_lag = max(0.0, time.time() - appended) if appended is not None else 0.0
+            since_yield = self.stats["delivered"]
             for entry_id, data in batch:
                 after = entry_id
+                if self.stats["delivered"] - since_yield >= _DELIVERIES_PER_TURN:
+                    # A batch into big rooms is a lot of synchronous writes: let the loop serve
+                    # other sockets' frames and replies between entries, not after the whole batch.
+                    await asyncio.sleep(0)
+                    since_yield = self.stats["delivered"]
                 try:
                     await self._handle_node_entry(entries.unpack(data, entries.NODE_OPS))
                 except entries.MalformedEntry as exc:
