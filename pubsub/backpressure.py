@@ -16,8 +16,8 @@ found over the cap that has written nothing since and has grown past twice the
 cap is cut at once, which bounds what a stuck client costs to about 2 × cap.
 
 Cutting off drops the frames that Twisted has not started writing (whole
-frames), then closes with 4008 (phoenix.js reconnects); if what is left is
-itself over the cap, the connection is aborted instead.
+frames), then closes with 4008 (phoenix.js reconnects); a client that does not
+read its close frame is dropped after the close handshake's timeout.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class WriteWatch:
         transport = self.protocol.transport
         return (id(transport.dataBuffer), transport.offset) if transport is not None else None
 
-    def cut_off(self, unsent: int, max_buffer: int) -> None:
+    def cut_off(self, unsent: int) -> None:
         if self.cut:
             return
         self.cut = True
@@ -84,10 +84,10 @@ class WriteWatch:
             # Frames Twisted has not started writing are whole: dropping them keeps the stream valid.
             transport._tempDataBuffer = []
             transport._tempDataLen = 0
-            if unsent_bytes(transport) > max_buffer:
-                transport.abortConnection()  # what remains is part-written and itself too much
-            else:
-                self.protocol.sendClose(code=CLOSE_POLICY_VIOLATION, reason="too slow: send buffer over limit")
+            # What Twisted had started writing stays (a frame cut in half would corrupt the stream),
+            # and the close frame follows it. A client that does not read it is dropped after the
+            # close handshake's timeout (autobahn's, 1 s), which frees the rest.
+            self.protocol.sendClose(code=CLOSE_POLICY_VIOLATION, reason="too slow: send buffer over limit")
         self.on_cut(unsent)
 
 
@@ -125,7 +125,7 @@ class SlowReaderGuard:
         if watch.over_since is not None:
             unsent = watch.unsent()
             if unsent > 2 * self.max_buffer and watch.progress_mark() == watch.written_mark:
-                watch.cut_off(unsent, self.max_buffer)
+                watch.cut_off(unsent)
                 return True
         return False
 
@@ -141,7 +141,7 @@ class SlowReaderGuard:
             elif watch.over_since is None:
                 watch.over_since = now  # one reading over the cap may be a burst
             elif mark == watch.written_mark or now - watch.over_since >= self.patience:
-                watch.cut_off(unsent, self.max_buffer)  # over the cap and not draining, or never catching up
+                watch.cut_off(unsent)  # over the cap and not draining, or never catching up
                 self._watches.discard(watch)
             watch.written_mark = mark
 

@@ -51,13 +51,14 @@ async def _stuck_client(url):
     return ws
 
 
-async def _read_all(ws, count):
+async def _read_all(ws, count, latencies):
     got = 0
     async with asyncio.timeout(120):
         while got < count:
             frame = json.loads(await ws.recv())
             if frame[3] == "big":
                 assert frame[4]["n"] == got, f"reader got message {frame[4]['n']} where {got} was due"
+                latencies.append(time.time() - frame[4]["t"])
                 got += 1
     return got
 
@@ -92,11 +93,13 @@ async def _busy_room(node, stuck_clients: int) -> dict:
     publisher = await websockets.connect(url, max_size=None, ping_interval=None)
     await _join(publisher, "p")
     baseline = _rss_kib(pid, "VmRSS")
-    reading = [asyncio.ensure_future(_read_all(ws, MESSAGES)) for ws in [*readers, publisher]]
+    latencies = []
+    reading = [asyncio.ensure_future(_read_all(ws, MESSAGES, latencies)) for ws in [*readers, publisher]]
     closes = asyncio.ensure_future(_close_codes_once_cut(node, stuck))
     started = time.monotonic()
     for n in range(MESSAGES):
-        await publisher.send(json.dumps(["p", str(n), ROOM, "publish", ["big", {"n": n, "pad": PAYLOAD}]]))
+        message = {"n": n, "t": time.time(), "pad": PAYLOAD}
+        await publisher.send(json.dumps(["p", str(n), ROOM, "publish", ["big", message]]))
         if n % 50 == 49:
             await asyncio.sleep(0.05)  # a busy room, not one burst
     assert await asyncio.gather(*reading) == [MESSAGES] * (READERS + 1), "a reading member missed messages"
@@ -105,7 +108,9 @@ async def _busy_room(node, stuck_clients: int) -> dict:
     codes = await closes
     for ws in [*readers, *stuck, publisher]:
         await ws.close()
-    return {"elapsed": elapsed, "growth_kib": growth, "codes": codes}
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99)]
+    return {"elapsed": elapsed, "growth_kib": growth, "codes": codes, "p99_ms": p99 * 1000}
 
 
 async def test_stuck_clients_are_cut_off_and_readers_get_everything(daphne_factory):
@@ -121,8 +126,11 @@ async def test_stuck_clients_are_cut_off_and_readers_get_everything(daphne_facto
         f"\nslow readers: {room_mb:.0f} MB into the room in {with_stuck['elapsed']:.1f}s; {STUCK} stuck clients "
         f"cut off (close codes they read: {with_stuck['codes']}); node peak RSS grew "
         f"{without['growth_kib'] / 1024:.0f} MB without them and {with_stuck['growth_kib'] / 1024:.0f} MB with them "
-        f"({added_mb:+.0f} MB; unbounded they would hold {STUCK * room_mb:.0f} MB)"
+        f"({added_mb:+.0f} MB; unbounded they would hold {STUCK * room_mb:.0f} MB); the readers' p99 "
+        f"{without['p99_ms']:.0f} ms without them, {with_stuck['p99_ms']:.0f} ms with them"
     )
     assert with_stuck["codes"] == [4008] * STUCK, with_stuck["codes"]
     # About 2 caps each may be buffered before the cut; the margin is the allocator's noise.
     assert added_mb < STUCK * 3 * CAP / 2**20 + 16, f"the stuck clients cost the node {added_mb:.0f} MB"
+    # The reading members keep their latency (a margin for this shared machine's noise).
+    assert with_stuck["p99_ms"] < without["p99_ms"] + 250, (without["p99_ms"], with_stuck["p99_ms"])
