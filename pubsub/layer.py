@@ -132,9 +132,11 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseCh
 
     async def receive(self, channel: str) -> dict:
         """The next message for a channel of this node."""
-        self.require_valid_channel_name(channel)
-        await self._ensure_started()
-        mailbox = self._mailbox(channel)
+        mailbox = self._mailboxes.get(channel)
+        if mailbox is None or not self._running_here():  # the hot path skips what is already known
+            self.require_valid_channel_name(channel)
+            await self._ensure_started()
+            mailbox = self._mailbox(channel)
         mailbox.idle_since = None
         return await mailbox.get()
 
@@ -310,6 +312,10 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseCh
             del self._groups[group]
             self._last_seq.pop(group, None)
             await asyncio.shield(self._announce("unsub", group))
+
+    def _running_here(self) -> bool:
+        """Started, on the running event loop."""
+        return self._started is not None and self._started.done() and self._loop is asyncio.get_running_loop()
 
     async def _ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
