@@ -1,7 +1,7 @@
 """The Phoenix Channels V2 websocket consumer: protocol state per socket.
 
 Frames are handled one at a time in arrival order (Channels' dispatch loop
-awaits each handler), which PROTOCOL.md §5 requires: concurrent handling would
+awaits each handler), as the protocol requires: concurrent handling would
 reorder publishes and race a phx_leave against the next phx_join.
 """
 
@@ -40,7 +40,7 @@ SUPPORTED_VSN = "2.0.0"
 
 # Close codes. daphne (autobahn) lets an application send only 1000 or 3000-4999, so
 # DPS uses 4000 + the RFC 6455 code it means. phoenix.js reconnects after any of
-# them; 1000 would stop clients up to phoenix v1.8.12 from reconnecting (PROTOCOL.md §7).
+# them; 1000 would stop clients up to phoenix v1.8.12 from reconnecting.
 CLOSE_GOING_AWAY = 4001
 CLOSE_UNSUPPORTED_DATA = 4003
 CLOSE_INVALID_PAYLOAD = 4007

@@ -50,7 +50,7 @@ def parse(text: str) -> Frame:
 
     Like Phoenix, elements past the fifth are ignored. join_ref and ref must be
     strings or null: the client compares them with ``===`` against strings, so a
-    number could never be matched anyway (PROTOCOL.md §4).
+    number could never be matched anyway.
     """
     try:
         value = orjson.loads(text)
