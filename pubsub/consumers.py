@@ -14,13 +14,13 @@ from urllib.parse import parse_qs
 
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
-from channels.layers import get_channel_layer
 
 from pubsub import protocol
 from pubsub.authorization import allow_all, authorize
 from pubsub.backpressure import CLOSE_POLICY_VIOLATION, SlowReaderGuard, fail_with_close_frame
 from pubsub.exceptions import ProtocolError, TransportError
 from pubsub.fastlane import send_nowait
+from pubsub.publishing import BROADCAST_TYPE, broadcast  # broadcast stays importable from here
 from pubsub.throttle import TokenBucket
 
 try:  # daphne's websocket protocol raises this for a send on a connection that just closed
@@ -35,7 +35,6 @@ __all__ = ["PhoenixSocket", "RejectingSocket", "broadcast", "BROADCAST_TYPE"]
 
 logger = logging.getLogger(__name__)
 
-BROADCAST_TYPE = "phx.broadcast"
 SUPPORTED_VSN = "2.0.0"
 
 # Close codes. daphne (autobahn) lets an application send only 1000 or 3000-4999, so
@@ -64,16 +63,6 @@ class Join(NamedTuple):
 
     ref: str | None
     encoded_ref: str
-
-
-async def broadcast(topic: str, event: str, payload: dict, layer=None) -> None:
-    """Send ``[_, null, topic, event, payload]`` to every subscriber of topic, from any server code.
-
-    The frame is encoded here, once; receivers only prefix their join_ref.
-    """
-    layer = layer or get_channel_layer()
-    tail = protocol.encode_broadcast_tail(topic, event, payload)
-    await layer.group_send(topic, {"type": BROADCAST_TYPE, "topic": topic, "tail": tail})
 
 
 class PhoenixSocket(AsyncConsumer):

@@ -121,14 +121,15 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseCh
         """Queue message for channel, on this node or, by one stream entry, on its own node."""
         self._check_message(message)
         self.require_valid_channel_name(channel)
-        await self._ensure_started()
         node = self.node_of(channel)
-        if node is None or node == self.node:
-            if not self._mailbox(channel).put(message):
-                self.stats["dropped"] += 1
-                raise ChannelFull(channel)
+        if node is not None and node != self.node:
+            entry = entries.pack("send", channel, entries.pack_message(message))
+            await self._append_from_anywhere(node_stream(node), entry)
             return
-        await self._append(node_stream(node), entries.pack("send", channel, entries.pack_message(message)))
+        await self._ensure_started()
+        if not self._mailbox(channel).put(message):
+            self.stats["dropped"] += 1
+            raise ChannelFull(channel)
 
     async def receive(self, channel: str) -> dict:
         """The next message for a channel of this node."""
@@ -141,9 +142,10 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseCh
         return await mailbox.get()
 
     async def new_channel(self, prefix: str = "dps.") -> str:
-        """A new channel name of this node: ``{prefix}{node}!{random}``."""
+        """A new channel name of this node: ``{prefix}.{node}!{random}`` (one dot between, as the
+        stock layers put it: the node is read back from the name)."""
         await self._ensure_started()
-        channel = f"{prefix}{self.node}!{secrets.token_hex(8)}"
+        channel = f"{prefix.rstrip('.')}.{self.node}!{secrets.token_hex(8)}"
         self._mailbox(channel)
         return channel
 
@@ -186,11 +188,9 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseCh
         """One append to the group's owner, which sequences it and fans it out once per node."""
         self.require_valid_group_name(group)
         self._check_message(message)
-        await self._ensure_started()
-        owner = self.ring.owner(group)
         self._published += 1
-        origin = f"{self._origin_prefix}{self._published}"
-        await self._append(inbox_stream(owner), entries.pack("pub", group, entries.pack_message(message), origin))
+        entry = entries.pack("pub", group, entries.pack_message(message), f"{self._origin_prefix}{self._published}")
+        await self._append_from_anywhere(None, entry, group)
         self.stats["group_sends"] += 1
 
     # Flush extension
@@ -278,6 +278,41 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseCh
     async def _append(self, stream: str, data: bytes) -> None:
         await self.transport.append(stream, data)
 
+    async def _append_from_anywhere(self, stream: str | None, data: bytes, group: str | None = None) -> None:
+        """Append for send() and group_send() from any code: a node's own event loop, or a sync
+        view, a management command, a script (``async_to_sync``, ``asyncio.run``).
+
+        Only the node's own loop starts (or uses) the node's background work. Elsewhere (a fresh
+        loop, a process that is no websocket node) this is one append on a connection opened for
+        it, to the group's owner by the ring in force: no reader or heartbeat is started that
+        would outlive the caller's loop, and a node running elsewhere in the process keeps its
+        channels and groups. ``stream`` None means the group's owner's inbox.
+        """
+        home = self._loop
+        if home is not None and home.is_running() and home is not asyncio.get_running_loop():
+            # The node runs on another thread's loop (sync code's async_to_sync in a thread of
+            # its own): append there, through the node, rather than start a second node here.
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self._append_from_anywhere(stream, data, group), home)
+            )
+            return
+        if self.embedded or self._running_here():
+            await self._ensure_started()
+            await self._append(stream or inbox_stream(self.ring.owner(group)), data)
+            return
+        transport = self._given_transport or self._make_transport()
+        try:
+            if stream is None:
+                ring = self.static_ring
+                if self.live_ring:
+                    _, members = await transport.ring_state()
+                    ring = HashRing(members) if members else ring
+                stream = inbox_stream(ring.owner(group))
+            await transport.append(stream, data)
+        finally:
+            if transport is not self._given_transport:
+                await transport.close()
+
     def _announce(self, op: str, group: str) -> asyncio.Future:
         """Send sub/unsub for group to its owner, in the order they were decided for that group.
 
@@ -320,8 +355,13 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseCh
     async def _ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
+            if self._loop is not None and self._loop.is_running():
+                raise RuntimeError(
+                    f"node {self.node} runs on another event loop; from another thread, only send() to "
+                    "other nodes' channels and group_send() are supported (they append through it)"
+                )
             if self._loop is not None:
-                # A new event loop (e.g. a test's): the old loop's tasks and futures are unusable.
+                # A new event loop after the old one ended (e.g. a test's): its tasks and futures are gone.
                 self._reset()
             self._loop = loop
             self._started = loop.create_future()

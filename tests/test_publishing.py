@@ -1,0 +1,133 @@
+"""Publishing from server code (pubsub.publish / apublish), and the layer used from any event loop.
+
+Channels documents ``async_to_sync(layer.group_send)(...)`` for publishing from sync
+code; that runs on a fresh event loop, or on the node's loop from another thread.
+Neither may hang, reset the node, or lose the message.
+"""
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import websockets
+
+import pubsub
+from pubsub.layer import TopicRingLayer
+from pubsub.publishing import BROADCAST_TYPE
+from tests.conftest import Cluster
+from tests.processes import ROOT, dps_env
+
+TOPIC = "news:1"
+
+
+async def _next_broadcast(layer, channel, timeout=10):
+    return await asyncio.wait_for(layer.receive(channel), timeout)
+
+
+def test_publish_checks_its_arguments():
+    with pytest.raises(ValueError, match="topic"):
+        pubsub.publish("has space", "e", {})
+    with pytest.raises(ValueError, match="event"):
+        pubsub.publish(TOPIC, "phx_reply", {})
+    with pytest.raises(TypeError, match="payload"):
+        pubsub.publish(TOPIC, "e", ["not", "a", "dict"])
+
+
+async def test_a_prefix_without_a_dot_still_names_the_node():
+    layer = TopicRingLayer(node="ws-q")
+    try:
+        channel = await layer.new_channel("test-gr-chan-1")
+        assert channel.startswith("test-gr-chan-1.ws-q!") and layer.node_of(channel) == "ws-q"
+        await layer.group_add("g", channel)
+        await layer.group_send("g", {"type": "m"})
+        assert await _next_broadcast(layer, channel) == {"type": "m"}
+    finally:
+        await layer.close()
+
+
+async def test_sync_publish_from_another_thread_goes_through_the_running_node():
+    """Embedded: the node runs on this loop; sync code in a thread (a view, a signal handler)
+    publishes; the subscriber gets it and the node keeps its channels and groups."""
+    layer = TopicRingLayer(node="ws-s")
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add(TOPIC, channel)
+        for n in range(3):
+            await asyncio.to_thread(pubsub.publishing.async_to_sync(layer.group_send), TOPIC, {"type": "m", "n": n})
+        assert [(await _next_broadcast(layer, channel))["n"] for _ in range(3)] == [0, 1, 2]
+        assert layer.local_members(TOPIC) == 1
+    finally:
+        await layer.close()
+
+
+async def test_apublish_reaches_subscribers(settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "pubsub.layer.TopicRingLayer", "CONFIG": {"node": "ws-p"}}}
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add(TOPIC, channel)
+        await pubsub.apublish(TOPIC, "headline", {"title": "hi"})
+        message = await _next_broadcast(layer, channel)
+        assert message["type"] == BROADCAST_TYPE
+        assert message["tail"] == ',null,"news:1","headline",{"title":"hi"}]'
+    finally:
+        await layer.close()
+
+
+PUBLISHER = """
+import asyncio, sys, django
+django.setup()
+import pubsub
+from channels.layers import get_channel_layer
+from asgiref.sync import async_to_sync
+pubsub.publish("news:1", "headline", {"n": int(sys.argv[1])})  # a management command or a script
+async_to_sync(get_channel_layer().group_send)(  # what Channels' docs show for a sync view
+    "news:1", {"type": "phx.broadcast", "topic": "news:1", "tail": ',null,"news:1","headline",{"n":-1}]'}
+)
+asyncio.run(pubsub.apublish("news:1", "headline", {"n": int(sys.argv[1]) + 100}))  # a fresh loop
+"""
+
+
+@pytest.mark.processes
+async def test_short_lived_processes_publish_to_a_cluster_and_exit():
+    """A process that is no websocket node publishes three ways and exits promptly (a fresh
+    asyncio.run used to hang on the node tasks it started), and subscribers on both nodes get it all."""
+    cluster = Cluster()
+    try:
+        sockets = []
+        for node in cluster.nodes.values():
+            ws = await websockets.connect(node.url())
+            await ws.send(json.dumps(["1", "1", TOPIC, "phx_join", {}]))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))[4]["status"] == "ok"
+            sockets.append(ws)
+        env = dps_env(DPS_REDIS_URL=cluster.redis.url, DPS_TOPIC_SERVERS="ts-1,ts-2", DPS_NODE="script")
+        for n in range(3):
+            started = time.monotonic()
+            result = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-c", PUBLISHER, str(n)],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 0, result.stderr
+            assert "Traceback" not in result.stderr, result.stderr
+            print(f"\npublisher process {n}: {time.monotonic() - started:.1f}s")
+        for ws in sockets:
+            got = []
+            async with asyncio.timeout(20):
+                while len(got) < 9:
+                    frame = json.loads(await ws.recv())
+                    if frame[3] == "headline":
+                        got.append(frame[4]["n"])
+            assert got == [0, -1, 100, 1, -1, 101, 2, -1, 102], got
+            await ws.close()
+    finally:
+        cluster.stop()
