@@ -51,6 +51,7 @@ _SEND_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # about 3 s of trying
 _SUMMARY_INTERVAL = 60.0
 _IDLE_SEQUENCES = 100_000
 _REMEMBERED_ORIGINS = 100_000
+_RING_RECHECK = 0.1  # at most this often, entries that only a newer ring sends make the ring be read
 
 
 def _id_number(entry_id: str) -> tuple[int, int]:
@@ -89,6 +90,9 @@ class TopicServer:
         self.epoch = ""
         self._pending_ring: tuple[int, list[str]] | None = None
         self._heartbeat: HeartbeatThread | None = None
+        self._taken_over: set[str] = set()  # dead servers' names whose inboxes this server forwards
+        self._takeover_lock = asyncio.Lock()
+        self._ring_checked_at = 0.0
         self._trust_registry_after = 0.0
         self._origins: OrderedDict[str, None] = OrderedDict()
         self.transport = transport
@@ -181,6 +185,17 @@ class TopicServer:
             except TransportError as exc:
                 logger.warning("topic server %s: reading its inbox failed (%s); retrying", self.name, exc)
                 await asyncio.sleep(_RETRY_DELAY)
+                continue
+            if batch and self._pending_ring is None and self._signs_of_a_newer_ring(batch):
+                try:
+                    await self._watch_ring_once()
+                except TransportError as exc:
+                    logger.warning("topic server %s: ring check failed: %s", self.name, exc)
+            if batch and self._pending_ring is not None:
+                # A new ring was noted while this read waited: these entries (often the nodes'
+                # announcements for it) must be judged by the new ring, so they are served in its
+                # backlog. Served with the old one, a "sub" went to a dead owner and the messages
+                # behind it found no node holding their topic.
                 continue
             if batch:
                 appended = self.transport.id_time(batch[-1][0])
@@ -277,8 +292,36 @@ class TopicServer:
             await asyncio.sleep(self.ring_poll)
             try:
                 await self._watch_ring_once()
+                await self._sweep_dead_inboxes()
             except TransportError as exc:
                 logger.warning("topic server %s: ring check failed: %s", self.name, exc)
+
+    def _signs_of_a_newer_ring(self, batch: list[tuple[str, bytes]]) -> bool:
+        """Entries only a newer ring would send here: a forward, or a topic this ring gives another
+        server. Then the ring is checked at once rather than at the next poll, so they are not
+        passed on by a stale ring (to a dead server's inbox, where they would wait for good)."""
+        if not self.live_ring or time.monotonic() - self._ring_checked_at < _RING_RECHECK:
+            return False
+        for _, data in batch:
+            try:
+                fields = entries.unpack(data, entries.INBOX_OPS)
+            except entries.MalformedEntry:
+                continue
+            if fields[0] == "fwd" or (fields[0] != "hello" and self.owner(fields[1]) != self.name):
+                self._ring_checked_at = time.monotonic()
+                return True
+        return False
+
+    async def _sweep_dead_inboxes(self) -> None:
+        """Keep forwarding what still lands in an inbox taken over from a dead server (an append
+        made by a process that had not yet adopted the new ring), until its name returns."""
+        if self.ring is None:
+            return
+        for gone in sorted(self._taken_over):
+            if gone in self.ring.members or self.ring.owner(gone) != self.name:
+                self._taken_over.discard(gone)
+            else:
+                await self._take_over_inbox(gone)
 
     async def _watch_ring_once(self) -> None:
         """Propose the live members as the ring when they changed; note a newer generation to adopt."""
@@ -346,6 +389,11 @@ class TopicServer:
 
     async def _take_over_inbox(self, gone: str) -> None:
         """A dead member's accepted entries go to their new owners, with any sequence number it stamped."""
+        async with self._takeover_lock:  # the ring watcher's sweep and a ring adoption may meet here
+            self._taken_over.add(gone)
+            await self._forward_dead_inbox(gone)
+
+    async def _forward_dead_inbox(self, gone: str) -> None:
         inbox = inbox_stream(gone)
         cursor = await self.transport.load_cursor(gone) or FIRST_ID
         stamps = await self.transport.load_stamps(gone)
