@@ -24,6 +24,7 @@ from django.urls import path, re_path  # noqa: E402
 
 from pubsub.authorization import load_authorizer  # noqa: E402
 from pubsub.consumers import PhoenixSocket, RejectingSocket  # noqa: E402
+from pubsub.socket_auth import SocketAuth  # noqa: E402
 
 
 def _start_node_when_daphne_runs(layer) -> None:
@@ -48,6 +49,7 @@ def _start_node_when_daphne_runs(layer) -> None:
 try:
     layer = get_channel_layer()
     layer.check()
+    socket_auth = SocketAuth(settings.DPS_SOCKET_AUTH, max_age=settings.DPS_TOKEN_MAX_AGE)
 except ImproperlyConfigured as exc:
     sys.exit(f"DPS configuration error: {exc}")
 # This process is a websocket node: on SIGTERM it drains (closes sockets so clients go elsewhere).
@@ -63,6 +65,7 @@ phoenix_socket = PhoenixSocket.as_asgi(
     publish_rate=settings.DPS_PUBLISH_RATE,
     publish_burst=settings.DPS_PUBLISH_BURST,
     max_send_buffer=settings.DPS_MAX_SEND_BUFFER,
+    socket_auth=socket_auth,
 )
 
 application = ProtocolTypeRouter(

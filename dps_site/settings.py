@@ -23,6 +23,8 @@ DEFAULT_MAX_CONNECTIONS = 20_000
 DEFAULT_PUBLISH_RATE = 50.0  # publishes per second per socket, sustained
 DEFAULT_PUBLISH_BURST = 200
 DEFAULT_MAX_SEND_BUFFER = 1024 * 1024  # unsent bytes per socket before a slow reader is cut off
+DEFAULT_SOCKET_AUTH = "optional"
+DEFAULT_TOKEN_MAX_AGE = 86400.0
 
 
 def _env_number(name, default, kind=int):
@@ -85,6 +87,8 @@ DPS_MAX_CONNECTIONS = _env_number("DPS_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS
 DPS_PUBLISH_RATE = _env_number("DPS_PUBLISH_RATE", DEFAULT_PUBLISH_RATE, float)
 DPS_PUBLISH_BURST = _env_number("DPS_PUBLISH_BURST", DEFAULT_PUBLISH_BURST)
 DPS_MAX_SEND_BUFFER = _env_number("DPS_MAX_SEND_BUFFER", DEFAULT_MAX_SEND_BUFFER)
+DPS_SOCKET_AUTH = os.environ.get("DPS_SOCKET_AUTH") or DEFAULT_SOCKET_AUTH
+DPS_TOKEN_MAX_AGE = _env_number("DPS_TOKEN_MAX_AGE", DEFAULT_TOKEN_MAX_AGE, float)
 DPS_RING = os.environ.get("DPS_RING") or DEFAULT_RING
 if DPS_RING not in ("static", "live"):
     raise ConfigurationError(f"DPS_RING={DPS_RING!r}: use 'static' (DPS_TOPIC_SERVERS) or 'live' (registered servers).")

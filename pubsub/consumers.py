@@ -21,6 +21,7 @@ from pubsub.backpressure import CLOSE_POLICY_VIOLATION, SlowReaderGuard, fail_wi
 from pubsub.exceptions import ProtocolError, TransportError
 from pubsub.fastlane import send_nowait
 from pubsub.publishing import BROADCAST_TYPE, broadcast  # broadcast stays importable from here
+from pubsub.socket_auth import Identity, Refused, SocketAuth
 from pubsub.throttle import TokenBucket
 
 try:  # daphne's websocket protocol raises this for a send on a connection that just closed
@@ -78,8 +79,10 @@ class PhoenixSocket(AsyncConsumer):
         publish_rate: float = 0.0,
         publish_burst: int = 200,
         max_send_buffer: int = 0,
+        socket_auth: SocketAuth | None = None,
     ):
-        """0 turns a limit off (max_connections, publish_rate, max_send_buffer)."""
+        """0 turns a limit off (max_connections, publish_rate, max_send_buffer); socket_auth None:
+        every socket is anonymous."""
         self.max_frame_bytes = max_frame_bytes
         self.max_channels = max_channels
         self.idle_timeout = idle_timeout
@@ -87,6 +90,8 @@ class PhoenixSocket(AsyncConsumer):
         self.max_connections = max_connections
         self.publishes = TokenBucket(publish_rate, publish_burst) if publish_rate > 0 else None
         self.max_send_buffer = max_send_buffer
+        self.socket_auth = socket_auth
+        self.identity = Identity()
         self.joins: dict[str, Join] = {}
         self.accepted = False
         self.closed = False
@@ -135,6 +140,15 @@ class PhoenixSocket(AsyncConsumer):
             logger.warning("refused websocket: %d connections open (DPS_MAX_CONNECTIONS)", self.max_connections)
             await self.send({"type": "websocket.close"})
             return
+        if self.socket_auth is not None:
+            try:
+                self.identity = await self.socket_auth.identify(self.scope)
+            except Refused as why:
+                self._count("connections_refused_auth")
+                logger.info("refused websocket %s: %s", self.scope.get("client"), why)
+                await self.send({"type": "websocket.close"})
+                return
+        self.scope["dps.identity"] = self.identity  # for join authorizers and channel code
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if "phoenix" in self.scope.get("subprotocols", ()):
             accept["subprotocol"] = "phoenix"  # the client's authToken option asks for it

@@ -5,11 +5,15 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from django.core.exceptions import ImproperlyConfigured
 
-__all__ = ["ChannelFull", "ConfigurationError", "ProtocolError", "TransportError"]
+__all__ = ["ChannelFull", "ConfigurationError", "InvalidToken", "ProtocolError", "TransportError"]
 
 
 class ConfigurationError(ImproperlyConfigured):
     """A DPS setting is missing or wrong; the message names the setting and the fix."""
+
+
+class InvalidToken(Exception):
+    """A socket token that is tampered with, signed with another key, or expired (str(exc) says which)."""
 
 
 class TransportError(Exception):

@@ -1,0 +1,137 @@
+"""Who is connecting: signed tokens, the socket-auth policies, and the identity in join authorization."""
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+
+import pytest
+import websockets
+
+from pubsub import tokens
+from pubsub.exceptions import InvalidToken
+from tests import phoenix_js
+from tests.processes import ROOT, dps_env
+
+KEY = "dps-test-secret-key"
+OWN_ROOMS = "tests.auth_hooks.own_rooms_only"
+
+
+@pytest.fixture(autouse=True)
+def test_key(settings):
+    settings.SECRET_KEY = KEY
+
+
+def test_a_token_names_its_identity_and_claims():
+    assert tokens.verify(tokens.sign("alice", room="r1")) == ("alice", {"room": "r1"})
+
+
+@pytest.mark.parametrize(
+    "token, why",
+    [
+        (lambda: tokens.sign("alice")[:-2] + "xx", "invalid"),  # tampered
+        (lambda: "not a token", "invalid"),
+        (lambda: "", "invalid"),
+    ],
+)
+def test_bad_tokens_are_refused(token, why):
+    with pytest.raises(InvalidToken, match=why):
+        tokens.verify(token())
+
+
+def test_an_expired_token_is_refused():
+    with pytest.raises(InvalidToken, match="expired"):
+        tokens.verify(tokens.sign("alice"), max_age=-1)
+
+
+def test_a_token_signed_with_another_key_is_refused(settings):
+    token = tokens.sign("alice")
+    settings.SECRET_KEY = "another key"
+    with pytest.raises(InvalidToken, match="invalid"):
+        tokens.verify(token)
+
+
+def test_dpstoken_prints_one_token_on_one_line():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "dpstoken", "bob"],
+        cwd=ROOT,
+        env=dps_env(DPS_SECRET_KEY=KEY),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.count("\n") == 1
+    assert tokens.verify(result.stdout.strip()) == ("bob", {})
+
+
+async def _join(url, topic, **connect):
+    async with websockets.connect(url, **connect) as ws:
+        await ws.send(json.dumps(["1", "1", topic, "phx_join", {}]))
+        return json.loads(await asyncio.wait_for(ws.recv(), 10))[4]
+
+
+async def _refused(url, **connect):
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(url, **connect)
+    return refused.value.response.status_code
+
+
+@pytest.mark.processes
+async def test_optional_auth_admits_anonymous_and_valid_tokens_and_refuses_bad_ones(daphne_factory):
+    node = daphne_factory(DPS_SECRET_KEY=KEY, DPS_JOIN_AUTHORIZER=OWN_ROOMS)
+    alice = tokens.sign("alice")
+    assert (await _join(node.url(), "room:open"))["status"] == "ok"  # anonymous
+    assert (await _join(node.url(), "private:alice"))["status"] == "error"  # anonymous is nobody
+    assert (await _join(node.url(f"vsn=2.0.0&token={alice}"), "private:alice"))["status"] == "ok"
+    assert (await _join(node.url(f"vsn=2.0.0&token={alice}"), "private:bob")) == {
+        "status": "error",
+        "response": {"reason": "unauthorized"},
+    }
+    bearer = "base64url.bearer.phx." + base64.urlsafe_b64encode(alice.encode()).decode().rstrip("=")
+    async with websockets.connect(node.url(), subprotocols=["phoenix", bearer]) as ws:
+        assert ws.subprotocol == "phoenix"
+        await ws.send(json.dumps(["1", "1", "private:alice", "phx_join", {}]))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))[4]["status"] == "ok"
+    assert await _refused(node.url("vsn=2.0.0&token=forged")) == 403
+    assert "refused websocket" in node.output() and "invalid token" in node.output()
+
+
+@pytest.mark.processes
+async def test_required_auth_refuses_sockets_without_a_valid_token(daphne_factory):
+    node = daphne_factory(DPS_SECRET_KEY=KEY, DPS_SOCKET_AUTH="required")
+    assert await _refused(node.url()) == 403
+    assert await _refused(node.url(f"vsn=2.0.0&token={tokens.sign('alice')[:-1]}")) == 403
+    assert (await _join(node.url(f"vsn=2.0.0&token={tokens.sign('alice')}"), "room:1"))["status"] == "ok"
+
+
+@pytest.mark.processes
+async def test_a_hook_decides_the_identity(daphne_factory):
+    node = daphne_factory(DPS_SOCKET_AUTH="tests.auth_hooks.by_name_param", DPS_JOIN_AUTHORIZER=OWN_ROOMS)
+    assert (await _join(node.url("vsn=2.0.0&name=carol"), "private:carol"))["status"] == "ok"
+    assert await _refused(node.url("vsn=2.0.0&name=mallory")) == 403
+    assert "mallory is not welcome" in node.output()
+
+
+@pytest.mark.processes
+@pytest.mark.node
+@pytest.mark.parametrize("how", ["params", "authToken"])
+async def test_the_phoenix_client_sends_its_token_both_ways(daphne_factory, how):
+    node = daphne_factory(DPS_SECRET_KEY=KEY, DPS_SOCKET_AUTH="required", DPS_JOIN_AUTHORIZER=OWN_ROOMS)
+    modules = phoenix_js.install()
+    outcomes = []
+    for topic in ("private:dave", "private:erin"):
+        process = await asyncio.create_subprocess_exec(
+            "node",
+            str(ROOT / "tests" / "js" / "phoenix_auth.js"),
+            f"ws://127.0.0.1:{node.port}/socket",
+            topic,
+            how,
+            tokens.sign("dave"),
+            env={**phoenix_js.os.environ, "NODE_PATH": str(modules)},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        await asyncio.wait_for(process.wait(), 30)
+        outcomes.append(json.loads(line)["event"])
+    assert outcomes == ["joined", "refused"]
