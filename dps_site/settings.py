@@ -97,6 +97,8 @@ DPS_LIVE_RING = DPS_RING == "live"
 SECRET_KEY = os.environ.get("DPS_SECRET_KEY", "dps-insecure-development-key-set-DPS_SECRET_KEY-in-production")
 DEBUG = os.environ.get("DPS_DEBUG", "") == "1"
 ALLOWED_HOSTS = _env_list("DPS_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+# Web pages that may open a socket: by default the site's own hosts, any port, http or https.
+DPS_ALLOWED_ORIGINS = _env_list("DPS_ALLOWED_ORIGINS", ",".join(ALLOWED_HOSTS))
 
 INSTALLED_APPS = [
     "daphne",

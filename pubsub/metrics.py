@@ -28,6 +28,8 @@ NODE_COUNTERS = {
     "connections_refused": "websockets refused before the upgrade: DPS_MAX_CONNECTIONS reached",
     "slow_readers_cut": "websockets closed with 4008: unsent bytes over DPS_MAX_SEND_BUFFER, not draining",
     "publishes_rate_limited": "publishes refused with 'rate limited' (DPS_PUBLISH_RATE)",
+    "connections_refused_auth": "websockets refused before the upgrade by DPS_SOCKET_AUTH",
+    "connections_refused_origin": "websockets refused before the upgrade: Origin not in DPS_ALLOWED_ORIGINS",
     "dropped_by_owner": "times an owner had taken this node for dead (it announced its topics again)",
 }
 TOPIC_SERVER_COUNTERS = {

@@ -135,3 +135,18 @@ async def test_the_phoenix_client_sends_its_token_both_ways(daphne_factory, how)
         await asyncio.wait_for(process.wait(), 30)
         outcomes.append(json.loads(line)["event"])
     assert outcomes == ["joined", "refused"]
+
+
+@pytest.mark.processes
+async def test_only_allowed_origins_may_open_a_socket(daphne_factory):
+    """By default the site's own hosts (any port, http or https); no Origin: a non-browser client."""
+    node = daphne_factory()
+    assert (await _join(node.url(), "room:1"))["status"] == "ok"
+    for allowed in ("http://127.0.0.1:8000", "https://localhost", "http://[::1]:3000"):
+        assert (await _join(node.url(), "room:1", origin=allowed))["status"] == "ok", allowed
+    assert await _refused(node.url(), origin="https://evil.example") == 403
+    assert "refused websocket from origin https://evil.example" in node.output()
+    chat = daphne_factory(DPS_ALLOWED_ORIGINS="https://chat.example.com,.example.org")
+    assert (await _join(chat.url(), "room:1", origin="https://chat.example.com"))["status"] == "ok"
+    assert (await _join(chat.url(), "room:1", origin="https://app.example.org"))["status"] == "ok"
+    assert await _refused(chat.url(), origin="http://127.0.0.1:8000") == 403
