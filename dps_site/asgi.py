@@ -26,6 +26,7 @@ from pubsub.authorization import load_authorizer  # noqa: E402
 from pubsub.consumers import PhoenixSocket, RejectingSocket  # noqa: E402
 from pubsub.origins import BrowserOriginValidator  # noqa: E402
 from pubsub.socket_auth import SocketAuth  # noqa: E402
+from pubsub.tokens import warn_if_development_key  # noqa: E402
 
 
 def _start_node_when_daphne_runs(layer) -> None:
@@ -55,6 +56,7 @@ except ImproperlyConfigured as exc:
     sys.exit(f"DPS configuration error: {exc}")
 # This process is a websocket node: on SIGTERM it drains (closes sockets so clients go elsewhere).
 layer.drain_on_sigterm = True
+warn_if_development_key(logging.getLogger("pubsub"))
 _start_node_when_daphne_runs(layer)
 
 phoenix_socket = PhoenixSocket.as_asgi(

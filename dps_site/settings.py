@@ -94,7 +94,10 @@ if DPS_RING not in ("static", "live"):
     raise ConfigurationError(f"DPS_RING={DPS_RING!r}: use 'static' (DPS_TOPIC_SERVERS) or 'live' (registered servers).")
 DPS_LIVE_RING = DPS_RING == "live"
 
-SECRET_KEY = os.environ.get("DPS_SECRET_KEY", "dps-insecure-development-key-set-DPS_SECRET_KEY-in-production")
+DEVELOPMENT_SECRET_KEY = "dps-insecure-development-key-set-DPS_SECRET_KEY-in-production"
+SECRET_KEY = os.environ.get("DPS_SECRET_KEY") or DEVELOPMENT_SECRET_KEY
+# Tokens are only as secret as SECRET_KEY: every process says so at start while this one is in use.
+DPS_USING_DEVELOPMENT_KEY = SECRET_KEY == DEVELOPMENT_SECRET_KEY
 DEBUG = os.environ.get("DPS_DEBUG", "") == "1"
 ALLOWED_HOSTS = _env_list("DPS_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 # Web pages that may open a socket: by default the site's own hosts, any port, http or https.

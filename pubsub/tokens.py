@@ -12,9 +12,13 @@ from django.core import signing
 
 from pubsub.exceptions import InvalidToken
 
-__all__ = ["sign", "verify", "DEFAULT_MAX_AGE"]
+__all__ = ["sign", "verify", "warn_if_development_key", "DEFAULT_MAX_AGE", "DEVELOPMENT_KEY_WARNING"]
 
 SALT = "dps.socket-token"
+DEVELOPMENT_KEY_WARNING = (
+    "SECRET_KEY is the development key from the source: anyone can forge socket tokens and sessions. "
+    "Set DPS_SECRET_KEY (the same on every process) before serving real users."
+)
 DEFAULT_MAX_AGE = 86400
 
 
@@ -39,3 +43,11 @@ def verify(token: str, max_age: float = DEFAULT_MAX_AGE) -> tuple[str, dict]:
         raise InvalidToken("invalid")
     claims = dict(data)
     return claims.pop("sub"), claims
+
+
+def warn_if_development_key(logger) -> None:
+    """Say it loudly at start while the development key is in use (see DEVELOPMENT_KEY_WARNING)."""
+    from django.conf import settings
+
+    if getattr(settings, "DPS_USING_DEVELOPMENT_KEY", False):
+        logger.warning(DEVELOPMENT_KEY_WARNING)

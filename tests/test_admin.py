@@ -197,3 +197,10 @@ async def test_nodes_report_before_their_first_websocket(cluster_factory):
         await asyncio.sleep(0.1)
     assert {name.decode() for name in client.zrange("dps:nodes", 0, -1)} == set(cluster.nodes)
     client.close()
+
+
+async def test_the_page_warns_while_the_development_key_is_in_use(staff_client, settings):
+    settings.DPS_USING_DEVELOPMENT_KEY = True
+    assert "SECRET_KEY is the development key" in (await staff_client.get("/admin/ownership/")).content.decode()
+    settings.DPS_USING_DEVELOPMENT_KEY = False
+    assert "development key" not in (await staff_client.get("/admin/ownership/")).content.decode()

@@ -150,3 +150,17 @@ async def test_only_allowed_origins_may_open_a_socket(daphne_factory):
     assert (await _join(chat.url(), "room:1", origin="https://chat.example.com"))["status"] == "ok"
     assert (await _join(chat.url(), "room:1", origin="https://app.example.org"))["status"] == "ok"
     assert await _refused(chat.url(), origin="http://127.0.0.1:8000") == 403
+
+
+@pytest.mark.processes
+def test_every_process_warns_while_the_development_key_is_in_use(daphne_factory, redis_server):
+    from tests.processes import TopicServerProcess
+
+    warning = "SECRET_KEY is the development key"
+    assert warning in daphne_factory().output()
+    assert warning not in daphne_factory(DPS_SECRET_KEY=KEY).output()
+    server = TopicServerProcess("ts-1", redis_server)
+    try:
+        assert warning in server.output()
+    finally:
+        server.stop()

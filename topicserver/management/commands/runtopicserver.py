@@ -13,6 +13,7 @@ from pubsub.exceptions import ConfigurationError, TransportError
 from pubsub.metrics import topic_server_registry
 from pubsub.ring import HashRing
 from pubsub.tasks import stop_tasks
+from pubsub.tokens import warn_if_development_key
 from pubsub.transport.redis import RedisTransport
 from topicserver.server import TopicServer
 
@@ -68,6 +69,7 @@ class Command(BaseCommand):
             await transport.close()
             reason = str(exc).rstrip(".")
             raise CommandError(f"{source}: {reason}. Start Redis there, or point {source} at a running one.") from None
+        warn_if_development_key(logger)
         members = None if settings.DPS_LIVE_RING else list(ring.members)
         server = TopicServer(name, transport, members=members, liveness_ttl=settings.DPS_LIVENESS_TTL)
         if metrics_port is not None:
