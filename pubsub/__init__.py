@@ -1,6 +1,6 @@
 """DPS: Phoenix Channels over Django Channels, with topics owned on a consistent hash ring."""
 
-__all__ = ["publish", "apublish"]
+__all__ = ["publish", "apublish", "disconnect", "adisconnect"]
 
 
 def publish(topic: str, event: str, payload: dict) -> None:
@@ -15,3 +15,17 @@ async def apublish(topic: str, event: str, payload: dict) -> None:
     from pubsub.publishing import apublish as _apublish
 
     await _apublish(topic, event, payload)
+
+
+def disconnect(identity: str) -> None:
+    """Close every socket of identity on every node with 4001, from sync code (see pubsub/control.py)."""
+    from pubsub.control import disconnect as _disconnect
+
+    _disconnect(identity)
+
+
+async def adisconnect(identity: str) -> None:
+    """Close every socket of identity on every node with 4001, from async code."""
+    from pubsub.control import adisconnect as _adisconnect
+
+    await _adisconnect(identity)

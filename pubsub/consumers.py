@@ -160,6 +160,8 @@ class PhoenixSocket(AsyncConsumer):
         if hasattr(self.channel_layer, "register_fastlane"):
             self.channel_layer.register_fastlane(self.channel_name, self._fastlane)
             self.channel_layer.register_closer(self.channel_name, self._close_for_drain)
+            if self.identity.name is not None:  # pubsub.disconnect(identity) closes it, on any node
+                self.channel_layer.register_identity(self.channel_name, self.identity.name)
         self._touch()
         self._arm_idle_timer()
 

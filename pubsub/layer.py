@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from channels.layers import BaseChannelLayer
 
 from pubsub import entries
+from pubsub.control import NodeControl
 from pubsub.draining import Draining
 from pubsub.exceptions import ChannelFull, ConfigurationError, TransportError
 from pubsub.heartbeat import HeartbeatThread
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseChannelLayer):
+class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeControl, BaseChannelLayer):
     """A drop-in Channels layer (extensions: groups, flush) backed by topic servers on a hash ring.
 
     With no transport (no ``redis_url``) it runs embedded: an in-memory transport
@@ -105,6 +106,8 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseCh
         self._mailboxes: dict[str, Mailbox] = {}
         self._fastlanes: dict[str, Callable[[dict], bool]] = {}
         self._closers: dict[str, Callable[[], None]] = {}
+        self._identities: dict[str, set[str]] = {}  # identity -> its local channels
+        self._identity_of: dict[str, str] = {}
         self._groups: dict[str, set[str]] = {}
         self._last_seq: dict[str, int] = {}
         self._announcements: dict[str, asyncio.Future] = {}
@@ -248,6 +251,7 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseCh
         self._mailboxes.pop(channel, None)
         self._fastlanes.pop(channel, None)
         self._closers.pop(channel, None)
+        self._forget_identity(channel)
 
     def local_members(self, group: str) -> int:
         return len(self._groups.get(group, ()))
@@ -397,6 +401,7 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, BaseCh
         # A node of this name may have died holding memberships: owners forget them first.
         hello = entries.pack("hello", self.node)
         await self.transport.append_many([(inbox_stream(server), hello) for server in self.ring.members])
+        await self._join_control()
         self._spawn(self._keep_alive(), f"dps-keep-alive-{self.node}")
         if self.drain_on_sigterm:
             self._drain_on_sigterm()

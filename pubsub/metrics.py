@@ -13,6 +13,8 @@ from django.http import HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from pubsub.control import CONTROL_GROUP
+
 __all__ = ["node_registry", "topic_server_registry", "metrics_view"]
 
 NODE_COUNTERS = {
@@ -61,7 +63,7 @@ def node_registry(layer) -> CollectorRegistry:
         return {
             "connections": ("open websocket connections", stats["connections_opened"] - stats["connections_closed"]),
             "channels": ("local channels with a mailbox", len(layer._mailboxes)),
-            "topics": ("topics with local members", len(layer._groups)),
+            "topics": ("topics with local members", len(layer._groups) - (CONTROL_GROUP in layer._groups)),
             "stream_lag_seconds": ("age of the newest entry read from this node's stream", layer.stream_lag),
         }
 
@@ -71,7 +73,7 @@ def node_registry(layer) -> CollectorRegistry:
 def topic_server_registry(server) -> CollectorRegistry:
     def gauges():
         return {
-            "topics": ("topics with members on some node", len(server.topics)),
+            "topics": ("topics with members on some node", server.user_topics()),
             "nodes": ("nodes holding members of its topics", len(server.node_topics)),
             "inbox_lag_seconds": ("age of the newest inbox entry read", server.inbox_lag),
         }

@@ -12,6 +12,7 @@ import time
 
 import orjson
 
+from pubsub.control import CONTROL_GROUP
 from pubsub.exceptions import TransportError
 from pubsub.heartbeat import heartbeat_interval, start_heartbeat, stop_heartbeat
 from pubsub.rates import RateMeter
@@ -64,5 +65,5 @@ class NodeLiveness:
             "connections": stats.get("connections_opened", 0) - stats.get("connections_closed", 0),
             "channels": len(self._mailboxes),
             "deliveries_per_s": rate.per_second(stats.get("delivered", 0)) if rate else None,
-            "topics": {group: len(members) for group, members in self._groups.items()},
+            "topics": {group: len(members) for group, members in self._groups.items() if group != CONTROL_GROUP},
         }

@@ -164,3 +164,43 @@ def test_every_process_warns_while_the_development_key_is_in_use(daphne_factory,
         assert warning in server.output()
     finally:
         server.stop()
+
+
+DISCONNECTER = """
+import django, sys
+django.setup()
+import pubsub
+pubsub.disconnect(sys.argv[1])
+"""
+
+
+@pytest.mark.processes
+async def test_disconnect_closes_an_identitys_sockets_on_every_node(cluster_factory):
+    cluster = cluster_factory(DPS_SECRET_KEY=KEY)
+    a, b = (node.url("vsn=2.0.0&token={}") for node in cluster.nodes.values())
+    alice, bob = tokens.sign("alice"), tokens.sign("bob")
+    sockets = {
+        "alice@a": await websockets.connect(a.format(alice)),
+        "alice@a2": await websockets.connect(a.format(alice)),
+        "alice@b": await websockets.connect(b.format(alice)),
+        "bob@a": await websockets.connect(a.format(bob)),
+    }
+    env = dps_env(DPS_REDIS_URL=cluster.redis.url, DPS_TOPIC_SERVERS="ts-1,ts-2", DPS_SECRET_KEY=KEY)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", DISCONNECTER, "alice"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("alice@a", "alice@a2", "alice@b"):
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                await sockets[name].recv()
+        assert closed.value.rcvd.code == 4001, name
+    bob_ws = sockets["bob@a"]
+    await bob_ws.send(json.dumps([None, "h", "phoenix", "heartbeat", {}]))
+    assert json.loads(await asyncio.wait_for(bob_ws.recv(), 10))[4]["status"] == "ok", "bob stays connected"
+    await bob_ws.close()

@@ -35,6 +35,7 @@ from collections import Counter, OrderedDict
 import orjson
 
 from pubsub import entries
+from pubsub.control import CONTROL_GROUP
 from pubsub.exceptions import TransportError
 from pubsub.heartbeat import HeartbeatThread, start_heartbeat, stop_heartbeat
 from pubsub.rates import RateMeter
@@ -460,12 +461,18 @@ class TopicServer:
                 except TransportError as exc:
                     logger.warning("topic server %s: telling dropped nodes failed: %s", self.name, exc)
 
+    def user_topics(self) -> int:
+        """Topics with members on some node, less the nodes' control group."""
+        return len(self.topics) - (CONTROL_GROUP in self.topics)
+
     def snapshot(self, rate: RateMeter | None = None) -> dict:
         """What this server reports about itself: counters, and per topic its nodes, last seq and rate."""
         now = time.monotonic()
         elapsed = now - self._snapshot_at
         topics = {}
         for topic, nodes in self.topics.items():
+            if topic == CONTROL_GROUP:  # the nodes' own channel for orders, not a user's topic
+                continue
             seq = self.sequences.get(topic, 0)
             previous = self._snapshot_sequences.get(topic, seq)
             topics[topic] = {
@@ -487,7 +494,7 @@ class TopicServer:
 
     def _log_summary(self, logged_at: float, logged: tuple | None) -> tuple[float, tuple | None]:
         now = asyncio.get_running_loop().time()
-        summary = (len(self.topics), len(self.node_topics), self.stats["published"], self.stats["node_messages"])
+        summary = (self.user_topics(), len(self.node_topics), self.stats["published"], self.stats["node_messages"])
         if now - logged_at < _SUMMARY_INTERVAL or summary == logged:
             return logged_at, logged
         logger.info(
