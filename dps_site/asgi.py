@@ -25,7 +25,7 @@ from django.urls import path, re_path  # noqa: E402
 from pubsub.authorization import load_authorizer  # noqa: E402
 from pubsub.consumers import PhoenixSocket, RejectingSocket  # noqa: E402
 from pubsub.origins import BrowserOriginValidator  # noqa: E402
-from pubsub.socket_auth import SocketAuth  # noqa: E402
+from pubsub.socket_auth import SessionUser, SocketAuth  # noqa: E402
 from pubsub.tokens import warn_if_development_key  # noqa: E402
 
 
@@ -75,11 +75,13 @@ application = ProtocolTypeRouter(
     {
         "http": django_application,
         "websocket": BrowserOriginValidator(
-            URLRouter(
-                [
-                    path("socket/websocket", phoenix_socket),
-                    re_path(r"", RejectingSocket.as_asgi()),
-                ]
+            SessionUser(
+                URLRouter(
+                    [
+                        path("socket/websocket", phoenix_socket),
+                        re_path(r"", RejectingSocket.as_asgi()),
+                    ]
+                )
             ),
             settings.DPS_ALLOWED_ORIGINS,
             on_refused=lambda: layer.stats.update(connections_refused_origin=1),

@@ -8,7 +8,8 @@
   string), a dict ``{"identity": ..., **assigns}``, or a refusal: False (or raise ``Refused(reason)``).
 The token comes from the ``token`` query parameter (phoenix.js ``new Socket(url, {params:
 {token}})``) or from a ``base64url.bearer.phx.<token>`` subprotocol (phoenix.js ``authToken``).
-A refused socket gets HTTP 403 before the upgrade.
+Without a token, a logged-in Django session (a page of the same site) identifies the socket as
+its user's primary key. A refused socket gets HTTP 403 before the upgrade.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from django.utils.module_loading import import_string
 from pubsub import tokens
 from pubsub.exceptions import ConfigurationError, InvalidToken
 
-__all__ = ["Identity", "Refused", "SocketAuth", "token_of", "BEARER_PREFIX"]
+__all__ = ["Identity", "Refused", "SocketAuth", "SessionUser", "token_of", "BEARER_PREFIX"]
 
 BEARER_PREFIX = "base64url.bearer.phx."
 
@@ -83,8 +84,11 @@ class SocketAuth:
             return await self._ask_hook(scope)
         token = token_of(scope)
         if token is None:
+            user = scope.get("user")
+            if user is not None and user.is_authenticated:
+                return Identity(str(user.pk), {"username": user.get_username()})
             if self.policy == "required":
-                raise Refused("no token (DPS_SOCKET_AUTH=required)")
+                raise Refused("no token and no logged-in session (DPS_SOCKET_AUTH=required)")
             return Identity()
         try:
             name, claims = tokens.verify(token, max_age=self.max_age)
@@ -104,3 +108,23 @@ class SocketAuth:
             assigns = {k: v for k, v in answer.items() if k != "identity"}
             return Identity(answer.get("identity"), assigns)
         raise TypeError(f"DPS_SOCKET_AUTH hook returned {answer!r}; expected an identity, a dict or False")
+
+
+class SessionUser:
+    """ASGI middleware: ``scope["user"]`` from the Django session, for sockets that carry a session
+    cookie. Channels' AuthMiddlewareStack does the work; sockets without the cookie skip its
+    database lookup in a thread, so a connect storm of token or anonymous clients stays cheap."""
+
+    def __init__(self, inner):
+        from channels.auth import AuthMiddlewareStack
+        from django.conf import settings
+
+        self.inner = inner
+        self.with_session = AuthMiddlewareStack(inner)
+        self.cookie = settings.SESSION_COOKIE_NAME.encode() + b"="
+
+    async def __call__(self, scope, receive, send):
+        for name, value in scope.get("headers", ()):
+            if name == b"cookie" and self.cookie in value:
+                return await self.with_session(scope, receive, send)
+        return await self.inner(scope, receive, send)

@@ -204,3 +204,38 @@ async def test_disconnect_closes_an_identitys_sockets_on_every_node(cluster_fact
     await bob_ws.send(json.dumps([None, "h", "phoenix", "heartbeat", {}]))
     assert json.loads(await asyncio.wait_for(bob_ws.recv(), 10))[4]["status"] == "ok", "bob stays connected"
     await bob_ws.close()
+
+
+def _log_in(port: int, username: str, password: str) -> str:
+    """Log in through the admin's login form on a real node; returns the session cookie header."""
+    import http.cookiejar
+    import re
+    import urllib.parse
+    import urllib.request
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    login = f"http://127.0.0.1:{port}/admin/login/"
+    page = opener.open(login, timeout=10).read().decode()
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode(
+        {"csrfmiddlewaretoken": csrf, "username": username, "password": password, "next": "/admin/"}
+    ).encode()
+    opener.open(urllib.request.Request(login, data=form, headers={"Referer": login}), timeout=10).read()
+    cookies = {cookie.name: cookie.value for cookie in jar}
+    assert "sessionid" in cookies, "the login did not succeed"
+    return "; ".join(f"{name}={value}" for name, value in cookies.items())
+
+
+@pytest.mark.processes
+async def test_a_logged_in_session_identifies_the_socket(daphne_factory, tmp_path):
+    """A page of the same site needs no token: its session cookie makes the socket its user's."""
+    from tests.processes import prepare_database
+
+    database = prepare_database(tmp_path / "db.sqlite3", username="frank", password="frank-pass")
+    node = daphne_factory(**database, DPS_SECRET_KEY=KEY, DPS_SOCKET_AUTH="required", DPS_JOIN_AUTHORIZER=OWN_ROOMS)
+    assert await _refused(node.url()) == 403  # required: no token, no session
+    cookie = _log_in(node.port, "frank", "frank-pass")
+    headers = {"Cookie": cookie}
+    assert (await _join(node.url(), "private:1", additional_headers=headers))["status"] == "ok"  # frank is user 1
+    assert (await _join(node.url(), "private:2", additional_headers=headers))["status"] == "error"
