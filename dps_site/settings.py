@@ -89,6 +89,7 @@ DPS_PUBLISH_BURST = _env_number("DPS_PUBLISH_BURST", DEFAULT_PUBLISH_BURST)
 DPS_MAX_SEND_BUFFER = _env_number("DPS_MAX_SEND_BUFFER", DEFAULT_MAX_SEND_BUFFER)
 DPS_SOCKET_AUTH = os.environ.get("DPS_SOCKET_AUTH") or DEFAULT_SOCKET_AUTH
 DPS_TOKEN_MAX_AGE = _env_number("DPS_TOKEN_MAX_AGE", DEFAULT_TOKEN_MAX_AGE, float)
+DPS_API_KEY = os.environ.get("DPS_API_KEY", "")  # unset: no HTTP API (/api/ is 404)
 DPS_RING = os.environ.get("DPS_RING") or DEFAULT_RING
 if DPS_RING not in ("static", "live"):
     raise ConfigurationError(f"DPS_RING={DPS_RING!r}: use 'static' (DPS_TOPIC_SERVERS) or 'live' (registered servers).")

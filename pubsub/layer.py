@@ -189,10 +189,20 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
 
     async def group_send(self, group: str, message: dict) -> None:
         """One append to the group's owner, which sequences it and fans it out once per node."""
+        self._published += 1
+        await self._publish(group, message, f"{self._origin_prefix}{self._published}")
+
+    async def group_send_once(self, group: str, message: dict, key: str) -> None:
+        """group_send, but the group's owner delivers a message with this key once within five
+        minutes (an HTTP client retrying a publish); a later repeat is accepted and dropped."""
+        if not isinstance(key, str) or not key:
+            raise TypeError("An idempotency key must be a non-empty string.")
+        await self._publish(group, message, f"key:{group}:{key}")
+
+    async def _publish(self, group: str, message: dict, origin: str) -> None:
         self.require_valid_group_name(group)
         self._check_message(message)
-        self._published += 1
-        entry = entries.pack("pub", group, entries.pack_message(message), f"{self._origin_prefix}{self._published}")
+        entry = entries.pack("pub", group, entries.pack_message(message), origin)
         await self._append_from_anywhere(None, entry, group)
         self.stats["group_sends"] += 1
 

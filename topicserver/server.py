@@ -43,7 +43,7 @@ from pubsub.ring import HashRing
 from pubsub.tasks import stop_tasks
 from pubsub.transport.base import FIRST_ID, Transport, inbox_stream, node_stream
 
-__all__ = ["TopicServer"]
+__all__ = ["TopicServer", "IDEMPOTENCY_PREFIX", "IDEMPOTENCY_WINDOW"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ _SEND_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # about 3 s of trying
 _SUMMARY_INTERVAL = 60.0
 _IDLE_SEQUENCES = 100_000
 _REMEMBERED_ORIGINS = 100_000
+IDEMPOTENCY_PREFIX = "key:"  # a publish origin that is a caller's idempotency key (pubsub/api.py)
+IDEMPOTENCY_WINDOW = 300.0  # seconds a topic's owner remembers such a key
 _RING_RECHECK = 0.1  # at most this often, entries that only a newer ring sends make the ring be read
 
 
@@ -96,6 +98,7 @@ class TopicServer:
         self._ring_checked_at = 0.0
         self._trust_registry_after = 0.0
         self._origins: OrderedDict[str, None] = OrderedDict()
+        self._keys: OrderedDict[str, float] = OrderedDict()  # idempotency keys -> when first seen
         self.transport = transport
         self.liveness_ttl = liveness_ttl
         self.batch_size = batch_size
@@ -519,6 +522,9 @@ class TopicServer:
             self._origins[origin] = None
             if len(self._origins) > _REMEMBERED_ORIGINS:
                 self._origins.popitem(last=False)
+            if origin.startswith(IDEMPOTENCY_PREFIX) and self._seen_key(origin):
+                self.stats["idempotent_repeats"] += 1
+                return
             if op == "fwd":
                 stamp = fields[3] or stamp
             self.stats["published"] += 1
@@ -545,6 +551,19 @@ class TopicServer:
                 self.forget(topic, node)
         elif op == "hello":
             self.drop_node(fields[1])
+
+    def _seen_key(self, origin: str) -> bool:
+        """An idempotency key (``key:topic:key``) seen within IDEMPOTENCY_WINDOW seconds? Remember it."""
+        now = time.monotonic()
+        while self._keys:
+            oldest, seen_at = next(iter(self._keys.items()))
+            if now - seen_at < IDEMPOTENCY_WINDOW:
+                break
+            del self._keys[oldest]
+        if origin in self._keys:
+            return True
+        self._keys[origin] = now
+        return False
 
     def forget(self, topic: str, node: str) -> None:
         nodes = self.topics.get(topic)

@@ -1,0 +1,112 @@
+"""The HTTP publishing API, on every node: ``POST /api/publish`` and ``POST /api/broadcast``.
+
+For services that are not Python, or not this Django project: one request publishes to one topic
+(or to several), reaching every subscriber on every node like a client's ``publish``. It exists
+only when ``DPS_API_KEY`` is set (otherwise 404), and every request carries that key as
+``Authorization: apikey KEY`` or ``X-API-Key: KEY`` (compared in constant time). A repeated
+``idempotency_key`` for the same topic within five minutes is accepted and delivered once: the
+topic's owner remembers the keys it has seen.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+import orjson
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from pubsub import protocol
+from pubsub.exceptions import TransportError
+from pubsub.publishing import BROADCAST_TYPE
+
+__all__ = ["publish_view", "broadcast_view"]
+
+_MAX_KEY_LENGTH = 200
+
+
+class _BadRequest(Exception):
+    """A body that is not JSON, or a missing or mistyped field (the message names it)."""
+
+
+@csrf_exempt
+async def publish_view(request):
+    """``{"topic", "event", "payload", "idempotency_key"?}`` -> ``{"result": {}}``."""
+    return await _handle(request, many=False)
+
+
+@csrf_exempt
+async def broadcast_view(request):
+    """``{"topics": [...], "event", "payload", "idempotency_key"?}`` -> ``{"result": {"topics": n}}``."""
+    return await _handle(request, many=True)
+
+
+async def _handle(request, many: bool):
+    if not settings.DPS_API_KEY:
+        raise Http404("the HTTP API is off: set DPS_API_KEY")
+    if request.method != "POST":
+        return _error(405, "use POST")
+    if not _authorized(request):
+        return _error(401, "a missing or wrong API key: send 'Authorization: apikey KEY' or 'X-API-Key: KEY'")
+    try:
+        topics, event, payload, key = _parse(request.body, many)
+    except _BadRequest as exc:
+        return _error(400, str(exc))
+    layer = get_channel_layer()
+    try:
+        for topic in topics:
+            message = {
+                "type": BROADCAST_TYPE,
+                "topic": topic,
+                "tail": protocol.encode_broadcast_tail(topic, event, payload),
+            }
+            if key is None:
+                await layer.group_send(topic, message)
+            else:
+                await layer.group_send_once(topic, message, key)
+    except TransportError as exc:
+        return _error(503, f"unavailable: {exc}")
+    return JsonResponse({"result": {"topics": len(topics)} if many else {}})
+
+
+def _authorized(request) -> bool:
+    given = request.headers.get("X-API-Key", "")
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "apikey":
+        given = credentials.strip()
+    return hmac.compare_digest(given.encode(), settings.DPS_API_KEY.encode())
+
+
+def _parse(body: bytes, many: bool):
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _BadRequest("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise _BadRequest("the body must be a JSON object")
+    if many:
+        topics = data.get("topics")
+        if not isinstance(topics, list) or not topics:
+            raise _BadRequest("topics: a non-empty list of topics is required")
+    else:
+        topics = [data.get("topic")]
+    field = "topics" if many else "topic"
+    for topic in topics:
+        if not isinstance(topic, str) or not protocol.valid_topic(topic):
+            raise _BadRequest(f"{field}: 1-255 printable characters without whitespace, not {topic!r:.60}")
+    event = data.get("event")
+    if not isinstance(event, str) or not event or event.startswith("phx_"):
+        raise _BadRequest("event: a non-empty name not starting with phx_ is required")
+    payload = data.get("payload")
+    if not isinstance(payload, dict):
+        raise _BadRequest("payload: a JSON object is required")
+    key = data.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not key or len(key) > _MAX_KEY_LENGTH):
+        raise _BadRequest(f"idempotency_key: a string of 1-{_MAX_KEY_LENGTH} characters")
+    return topics, event, payload, key
+
+
+def _error(status: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": {"message": message}}, status=status)
