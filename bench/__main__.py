@@ -32,6 +32,7 @@ from bench.stacks import Stack
 
 RESULTS = Path(__file__).parent / "results"
 TOPIC = "bench:room"
+LAYER_DELIVERIES = 200_000  # per layer fan-out measurement: publishes = this / members (at least the minimum)
 
 
 # Scenario 1
@@ -44,7 +45,10 @@ def layer_scenario(stacks, sizes, publishes) -> list[dict]:
             log(f"layer fan-out: {name}, {members} members")
             stack = Stack(name, nodes=0)
             try:
-                row = layer_fanout.run(name, stack.redis, members, publishes)
+                # Enough publishes that a run measures steady fan-out, not its first milliseconds
+                # (with 10-20 publishes small groups measured mostly start-up and noise).
+                count = max(publishes, LAYER_DELIVERIES // members)
+                row = layer_fanout.run(name, stack.redis, members, count)
             finally:
                 stack.stop()
             rows.append({"scenario": "layer", "stack": name, **row})
