@@ -116,6 +116,7 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_drop_log = 0.0
         self._heartbeat: HeartbeatThread | None = None
+        self._publisher: tuple | None = None  # (loop, transport, ring read at, ring) for appends from elsewhere
         self.topic_servers: list = []
 
     # Channel layer API
@@ -216,6 +217,9 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
         """Cancel and await the background tasks, then release the transport."""
         await self._stop_heartbeat()
         await stop_tasks(self._tasks)
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None and publisher[0] is asyncio.get_running_loop() and self._given_transport is None:
+            await publisher[1].close()
         if self.transport is not None and self._given_transport is None:
             await self.transport.close()
         self._reset()
@@ -314,18 +318,19 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
             await self._ensure_started()
             await self._append(stream or inbox_stream(self.ring.owner(group)), data)
             return
-        transport = self._given_transport or self._make_transport()
-        try:
-            if stream is None:
-                ring = self.static_ring
-                if self.live_ring:
-                    _, members = await transport.ring_state()
-                    ring = HashRing(members) if members else ring
-                stream = inbox_stream(ring.owner(group))
-            await transport.append(stream, data)
-        finally:
-            if transport is not self._given_transport:
-                await transport.close()
+        loop = asyncio.get_running_loop()
+        if self._publisher is None or self._publisher[0] is not loop:
+            # One connection per event loop, kept while it is used: a process that only publishes
+            # (a worker on a long-lived loop) must not pay a connect per message.
+            self._publisher = (loop, self._given_transport or self._make_transport(), 0.0, self.static_ring)
+        _, transport, ring_read_at, ring = self._publisher
+        if stream is None:
+            if self.live_ring and time.monotonic() - ring_read_at > self.ring_poll:
+                _, members = await transport.ring_state()
+                ring = HashRing(members) if members else self.static_ring
+                self._publisher = (loop, transport, time.monotonic(), ring)
+            stream = inbox_stream(ring.owner(group))
+        await transport.append(stream, data)
 
     def _announce(self, op: str, group: str) -> asyncio.Future:
         """Send sub/unsub for group to its owner, in the order they were decided for that group.

@@ -131,3 +131,20 @@ async def test_short_lived_processes_publish_to_a_cluster_and_exit():
             await ws.close()
     finally:
         cluster.stop()
+
+
+@pytest.mark.processes
+async def test_a_publish_only_process_keeps_one_connection(redis_server):
+    """A worker that only publishes, from one long-lived loop, must not connect per message."""
+    layer = TopicRingLayer(node="worker", topic_servers=["ts-1"], redis_url=redis_server.url)
+    client = redis_server.client()
+    before = client.info("stats")["total_connections_received"]
+    try:
+        for n in range(200):
+            await layer.group_send(TOPIC, {"type": "m", "n": n})
+    finally:
+        await layer.close()
+    connections = client.info("stats")["total_connections_received"] - before
+    client.close()
+    assert connections <= 3, f"{connections} connections for 200 publishes"
+    assert layer._tasks == [], "publishing started no node tasks"
