@@ -25,7 +25,9 @@ logger = logging.getLogger("pubsub.layer")
 _READ_BATCH = 512
 _READ_BLOCK_MS = 1000
 _RETRY_DELAY = 0.5
-_DELIVERIES_PER_TURN = 2000
+# Yield to the loop after this many deliveries within one batch. Every 2,000 halved the layer
+# bench at 10,000 members (228k against 527k deliveries/s): mailbox receivers woke in between.
+_DELIVERIES_PER_TURN = 50_000
 
 
 class NodeDelivery:
