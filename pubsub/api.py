@@ -20,7 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from pubsub import protocol
 from pubsub.exceptions import TransportError
-from pubsub.publishing import BROADCAST_TYPE
+from pubsub.publishing import broadcast_message
 
 __all__ = ["publish_view", "broadcast_view"]
 
@@ -57,11 +57,7 @@ async def _handle(request, many: bool):
     layer = get_channel_layer()
     try:
         for topic in topics:
-            message = {
-                "type": BROADCAST_TYPE,
-                "topic": topic,
-                "tail": protocol.encode_broadcast_tail(topic, event, payload),
-            }
+            message = broadcast_message(topic, event, payload)
             if key is None:
                 await layer.group_send(topic, message)
             else:

@@ -14,7 +14,7 @@ from channels.layers import get_channel_layer
 
 from pubsub import protocol
 
-__all__ = ["apublish", "publish", "broadcast", "BROADCAST_TYPE"]
+__all__ = ["apublish", "publish", "broadcast", "broadcast_message", "BROADCAST_TYPE"]
 
 BROADCAST_TYPE = "phx.broadcast"
 
@@ -24,9 +24,12 @@ async def broadcast(topic: str, event: str, payload: dict, layer=None) -> None:
 
     The frame is encoded here, once; receivers only prefix their join_ref.
     """
-    layer = layer or get_channel_layer()
-    tail = protocol.encode_broadcast_tail(topic, event, payload)
-    await layer.group_send(topic, {"type": BROADCAST_TYPE, "topic": topic, "tail": tail})
+    await (layer or get_channel_layer()).group_send(topic, broadcast_message(topic, event, payload))
+
+
+def broadcast_message(topic: str, event: str, payload: dict) -> dict:
+    """The layer message of a broadcast: the frame encoded once, less each receiver's join_ref."""
+    return {"type": BROADCAST_TYPE, "topic": topic, "tail": protocol.encode_broadcast_tail(topic, event, payload)}
 
 
 async def apublish(topic: str, event: str, payload: dict) -> None:
