@@ -4,27 +4,18 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pubsub.conf import DEFAULTS
 from pubsub.exceptions import ConfigurationError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-# Defaults, as named constants (README "Configuration" lists them).
+# The layer's defaults are here; the socket's are DPS's own (pubsub/conf.py, README "Configuration").
 DEFAULT_NODE = "ws-1"
 DEFAULT_TOPIC_SERVERS = "ts-1"
-DEFAULT_MAX_FRAME_BYTES = 65536
-DEFAULT_MAX_CHANNELS = 100
-DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_CHANNEL_CAPACITY = 1000
 DEFAULT_STREAM_MAXLEN = 100_000
-DEFAULT_JOIN_AUTHORIZER = "pubsub.authorization.allow_all"
 DEFAULT_LIVENESS_TTL = 5.0
 DEFAULT_RING = "live"
-DEFAULT_MAX_CONNECTIONS = 20_000
-DEFAULT_PUBLISH_RATE = 50.0  # publishes per second per socket, sustained
-DEFAULT_PUBLISH_BURST = 200
-DEFAULT_MAX_SEND_BUFFER = 1024 * 1024  # unsent bytes per socket before a slow reader is cut off
-DEFAULT_SOCKET_AUTH = "optional"
-DEFAULT_TOKEN_MAX_AGE = 86400.0
 
 
 def _env_number(name, default, kind=int):
@@ -71,24 +62,38 @@ def _env_list(name, default):
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def _env_routes(name, default):
+    """``pattern=dotted.Class`` pairs, comma-separated, in order."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    routes = [tuple(part.strip() for part in item.split("=", 1)) for item in raw.split(",") if item.strip()]
+    for route in routes:
+        if len(route) != 2 or not all(route):
+            raise ConfigurationError(f"{name}={raw!r}: give pattern=dotted.Class pairs, e.g. room:*=chat.channels.Room")
+    return routes
+
+
 DPS_NODE = os.environ.get("DPS_NODE", DEFAULT_NODE)
 DPS_TOPIC_SERVERS = _env_list("DPS_TOPIC_SERVERS", DEFAULT_TOPIC_SERVERS)
 DPS_REDIS_URL = os.environ.get("DPS_REDIS_URL") or None
 if DPS_REDIS_URL is not None:
     check_redis_url(DPS_REDIS_URL)
-DPS_MAX_FRAME_BYTES = _env_number("DPS_MAX_FRAME_BYTES", DEFAULT_MAX_FRAME_BYTES)
-DPS_MAX_CHANNELS = _env_number("DPS_MAX_CHANNELS", DEFAULT_MAX_CHANNELS)
-DPS_IDLE_TIMEOUT = _env_number("DPS_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT, float)
+DPS_MAX_FRAME_BYTES = _env_number("DPS_MAX_FRAME_BYTES", DEFAULTS["DPS_MAX_FRAME_BYTES"])
+DPS_MAX_CHANNELS = _env_number("DPS_MAX_CHANNELS", DEFAULTS["DPS_MAX_CHANNELS"])
+DPS_IDLE_TIMEOUT = _env_number("DPS_IDLE_TIMEOUT", DEFAULTS["DPS_IDLE_TIMEOUT"], float)
 DPS_CHANNEL_CAPACITY = _env_number("DPS_CHANNEL_CAPACITY", DEFAULT_CHANNEL_CAPACITY)
 DPS_STREAM_MAXLEN = _env_number("DPS_STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN)
-DPS_JOIN_AUTHORIZER = os.environ.get("DPS_JOIN_AUTHORIZER", DEFAULT_JOIN_AUTHORIZER)
+DPS_JOIN_AUTHORIZER = os.environ.get("DPS_JOIN_AUTHORIZER") or DEFAULTS["DPS_JOIN_AUTHORIZER"]
 DPS_LIVENESS_TTL = _env_number("DPS_LIVENESS_TTL", DEFAULT_LIVENESS_TTL, float)
-DPS_MAX_CONNECTIONS = _env_number("DPS_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)
-DPS_PUBLISH_RATE = _env_number("DPS_PUBLISH_RATE", DEFAULT_PUBLISH_RATE, float)
-DPS_PUBLISH_BURST = _env_number("DPS_PUBLISH_BURST", DEFAULT_PUBLISH_BURST)
-DPS_MAX_SEND_BUFFER = _env_number("DPS_MAX_SEND_BUFFER", DEFAULT_MAX_SEND_BUFFER)
-DPS_SOCKET_AUTH = os.environ.get("DPS_SOCKET_AUTH") or DEFAULT_SOCKET_AUTH
-DPS_TOKEN_MAX_AGE = _env_number("DPS_TOKEN_MAX_AGE", DEFAULT_TOKEN_MAX_AGE, float)
+DPS_MAX_CONNECTIONS = _env_number("DPS_MAX_CONNECTIONS", DEFAULTS["DPS_MAX_CONNECTIONS"])
+DPS_PUBLISH_RATE = _env_number("DPS_PUBLISH_RATE", DEFAULTS["DPS_PUBLISH_RATE"], float)
+DPS_PUBLISH_BURST = _env_number("DPS_PUBLISH_BURST", DEFAULTS["DPS_PUBLISH_BURST"])
+DPS_MAX_SEND_BUFFER = _env_number("DPS_MAX_SEND_BUFFER", DEFAULTS["DPS_MAX_SEND_BUFFER"])
+DPS_SOCKET_AUTH = os.environ.get("DPS_SOCKET_AUTH") or DEFAULTS["DPS_SOCKET_AUTH"]
+# Channel classes by topic: "room:*=chat.channels.Room,*=pubsub.channels.PublishChannel".
+DPS_CHANNELS = _env_routes("DPS_CHANNELS", DEFAULTS["DPS_CHANNELS"])
+DPS_TOKEN_MAX_AGE = _env_number("DPS_TOKEN_MAX_AGE", DEFAULTS["DPS_TOKEN_MAX_AGE"], float)
 DPS_API_KEY = os.environ.get("DPS_API_KEY", "")  # unset: no HTTP API (/api/ is 404)
 DPS_RING = os.environ.get("DPS_RING") or DEFAULT_RING
 if DPS_RING not in ("static", "live"):

@@ -1,14 +1,7 @@
 from django.contrib import admin
-from django.urls import path
-
-from pubsub.admin import ownership_view
-from pubsub.api import broadcast_view, publish_view
-from pubsub.metrics import metrics_view
+from django.urls import include, path
 
 urlpatterns = [
-    path("admin/ownership/", admin.site.admin_view(ownership_view), name="dps-ownership"),
+    path("", include("pubsub.urls")),  # before the admin: it serves admin/ownership/
     path("admin/", admin.site.urls),
-    path("metrics", metrics_view, name="dps-metrics"),
-    path("api/publish", publish_view, name="dps-api-publish"),
-    path("api/broadcast", broadcast_view, name="dps-api-broadcast"),
 ]

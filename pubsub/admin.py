@@ -2,12 +2,12 @@
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.contrib import admin
 from django.core.paginator import Paginator
 from django.http import JsonResponse
 from django.template.response import TemplateResponse
 
+from pubsub.conf import setting
 from pubsub.ownership import SORT_KEYS, build_report, collect, rebalance_preview, sort_topics
 from pubsub.protocol import valid_topic
 from pubsub.ring import HashRing
@@ -57,7 +57,7 @@ def ownership_view(request):
         "mode": "embedded (one process, in memory)" if layer.embedded else "cluster over Redis",
         "ring_source": f"live, generation {generation}" if live else "static (DPS_TOPIC_SERVERS)",
         "ttl": layer.liveness_ttl,
-        "development_key_warning": DEVELOPMENT_KEY_WARNING if settings.DPS_USING_DEVELOPMENT_KEY else None,
+        "development_key_warning": DEVELOPMENT_KEY_WARNING if setting("DPS_USING_DEVELOPMENT_KEY") else None,
     }
     return TemplateResponse(request, "admin/pubsub/ownership.html", context)
 

@@ -14,11 +14,11 @@ import hmac
 
 import orjson
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from pubsub import protocol
+from pubsub.conf import setting
 from pubsub.exceptions import TransportError
 from pubsub.publishing import broadcast_message
 
@@ -44,7 +44,7 @@ async def broadcast_view(request):
 
 
 async def _handle(request, many: bool):
-    if not settings.DPS_API_KEY:
+    if not setting("DPS_API_KEY"):
         raise Http404("the HTTP API is off: set DPS_API_KEY")
     if request.method != "POST":
         return _error(405, "use POST")
@@ -72,7 +72,7 @@ def _authorized(request) -> bool:
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "apikey":
         given = credentials.strip()
-    return hmac.compare_digest(given.encode(), settings.DPS_API_KEY.encode())
+    return hmac.compare_digest(given.encode(), setting("DPS_API_KEY").encode())
 
 
 def _parse(body: bytes, many: bool):

@@ -8,8 +8,9 @@ reorder publishes and race a phx_leave against the next phx_join.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qs
 
 from channels.consumer import AsyncConsumer, get_handler_name
@@ -18,6 +19,8 @@ from channels.exceptions import StopConsumer
 from pubsub import protocol
 from pubsub.authorization import allow_all, authorize
 from pubsub.backpressure import CLOSE_POLICY_VIOLATION, SlowReaderGuard, fail_with_close_frame
+from pubsub.channel_routes import ChannelRoutes
+from pubsub.channels import Channel, Reply, Stop
 from pubsub.exceptions import ProtocolError, TransportError
 from pubsub.fastlane import send_nowait
 from pubsub.publishing import BROADCAST_TYPE, broadcast  # broadcast stays importable from here
@@ -59,15 +62,9 @@ def slow_reader_guard(max_send_buffer: int) -> SlowReaderGuard:
     return guard
 
 
-class Join(NamedTuple):
-    """One joined topic of a socket: the join_ref as sent and as JSON (prefixed to broadcasts)."""
-
-    ref: str | None
-    encoded_ref: str
-
-
 class PhoenixSocket(AsyncConsumer):
-    """One websocket speaking Phoenix Channels V2 JSON; topics map 1:1 to layer groups."""
+    """One websocket speaking Phoenix Channels V2 JSON; each joined topic is a layer group
+    and a Channel instance (pubsub/channels.py) of the class its route names."""
 
     def __init__(
         self,
@@ -80,9 +77,11 @@ class PhoenixSocket(AsyncConsumer):
         publish_burst: int = 200,
         max_send_buffer: int = 0,
         socket_auth: SocketAuth | None = None,
+        channel_routes: ChannelRoutes | None = None,
     ):
         """0 turns a limit off (max_connections, publish_rate, max_send_buffer); socket_auth None:
-        every socket is anonymous."""
+        every socket is anonymous; channel_routes None: every topic is a PublishChannel.
+        publish_rate limits every client event on a joined topic, not only ``publish``."""
         self.max_frame_bytes = max_frame_bytes
         self.max_channels = max_channels
         self.idle_timeout = idle_timeout
@@ -91,8 +90,9 @@ class PhoenixSocket(AsyncConsumer):
         self.publishes = TokenBucket(publish_rate, publish_burst) if publish_rate > 0 else None
         self.max_send_buffer = max_send_buffer
         self.socket_auth = socket_auth
+        self.channel_routes = channel_routes or _default_routes()
         self.identity = Identity()
-        self.joins: dict[str, Join] = {}
+        self.joins: dict[str, Channel] = {}
         self.accepted = False
         self.closed = False
         self.last_seen = 0.0
@@ -118,6 +118,9 @@ class PhoenixSocket(AsyncConsumer):
         except Disconnected:
             self.closed = True
 
+    async def send_text(self, text: str) -> None:
+        await self.send({"type": "websocket.send", "text": text})
+
     async def dispatch(self, message: dict) -> None:
         # Channels' dispatch also runs close_old_connections() in a thread for every
         # message; this consumer does no database work per frame, so skip it.
@@ -136,7 +139,7 @@ class PhoenixSocket(AsyncConsumer):
             await self.send({"type": "websocket.close"})  # before accept: HTTP 403
             return
         if self.max_connections and self._open_connections() >= self.max_connections:
-            self._count("connections_refused")
+            self.count("connections_refused")
             logger.warning("refused websocket: %d connections open (DPS_MAX_CONNECTIONS)", self.max_connections)
             await self.send({"type": "websocket.close"})
             return
@@ -144,7 +147,7 @@ class PhoenixSocket(AsyncConsumer):
             try:
                 self.identity = await self.socket_auth.identify(self.scope)
             except Refused as why:
-                self._count("connections_refused_auth")
+                self.count("connections_refused_auth")
                 logger.info("refused websocket %s: %s", self.scope.get("client"), why)
                 await self.send({"type": "websocket.close"})
                 return
@@ -154,7 +157,7 @@ class PhoenixSocket(AsyncConsumer):
             accept["subprotocol"] = "phoenix"  # the client's authToken option asks for it
         await self.send(accept)
         self.accepted = True
-        self._count("connections_opened")
+        self.count("connections_opened")
         fail_with_close_frame(self.base_send)
         self._watch_writes()
         if hasattr(self.channel_layer, "register_fastlane"):
@@ -192,12 +195,12 @@ class PhoenixSocket(AsyncConsumer):
         self.closed = True
         if message.get("code") == RFC_MESSAGE_TOO_BIG:
             logger.info("websocket %s closed with 1009: a frame over daphne's message limit", self.scope.get("client"))
-        topics, self.joins = list(self.joins), {}
+        channels, self.joins = list(self.joins.values()), {}
         try:
-            for topic in topics:
-                await self.channel_layer.group_discard(topic, self.channel_name)
+            for channel in channels:
+                await self._end(channel, "closed")
         except TransportError as exc:  # the owners drop this node's membership when it stops renewing it
-            logger.warning("leaving %d topics on disconnect failed: %s", len(topics), exc)
+            logger.warning("leaving %d topics on disconnect failed: %s", len(channels), exc)
         raise StopConsumer()
 
     def _release(self) -> None:
@@ -207,7 +210,7 @@ class PhoenixSocket(AsyncConsumer):
             self._idle_timer.cancel()
         if self.accepted:
             self.accepted = False
-            self._count("connections_closed")
+            self.count("connections_closed")
         if self._write_watch is not None:
             slow_reader_guard(self.max_send_buffer).forget(self._write_watch)
             self._write_watch = None
@@ -215,36 +218,34 @@ class PhoenixSocket(AsyncConsumer):
         if layer is None:
             return
         if self.joins:  # ended without a disconnect (an error): leave the topics in the background
-            topics, self.joins = list(self.joins), {}
-            asyncio.ensure_future(self._leave_all(layer, self.channel_name, topics))
+            channels, self.joins = list(self.joins.values()), {}
+            asyncio.ensure_future(self._end_all(channels))
         discard = getattr(layer, "discard_channel", None)
         if discard is not None:
             discard(self.channel_name)
 
-    @staticmethod
-    async def _leave_all(layer, channel: str, topics: list[str]) -> None:
+    async def _end_all(self, channels: list[Channel]) -> None:
         try:
-            for topic in topics:
-                await layer.group_discard(topic, channel)
+            for channel in channels:
+                await self._end(channel, "closed")
         except Exception as exc:
-            logger.warning("leaving %d topics of an ended socket failed: %s", len(topics), exc)
+            logger.warning("leaving %d topics of an ended socket failed: %s", len(channels), exc)
 
     # Channel layer events
 
     async def phx_broadcast(self, message: dict) -> None:
         """A broadcast for a topic this socket may have joined; the frame is pre-encoded."""
         join = self.joins.get(message["topic"])
-        if join is not None:  # may have been left while the message was queued
-            await self.send(
-                {"type": "websocket.send", "text": protocol.frame_from_tail(join.encoded_ref, message["tail"])}
-            )
+        # The topic may have been left while the message was queued; broadcast_from skips its sender.
+        if join is not None and message.get("except") != self.channel_name:
+            await self.send_text(protocol.frame_from_tail(join.encoded_ref, message["tail"]))
 
     def _fastlane(self, message: dict) -> bool:
         """The layer's direct path for broadcasts: one string concatenation and a write, no task."""
         if message.get("type") != BROADCAST_TYPE:
             return False
         join = self.joins.get(message["topic"])
-        if join is None or self.closed:
+        if join is None or self.closed or message.get("except") == self.channel_name:
             return True
         watch = self._write_watch
         if watch is not None and slow_reader_guard(self.max_send_buffer).check_now(watch):
@@ -264,7 +265,7 @@ class PhoenixSocket(AsyncConsumer):
 
     def _cut_off(self, unsent: int) -> None:
         self.closed = True
-        self._count("slow_readers_cut")
+        self.count("slow_readers_cut")
         logger.warning(
             "closed websocket %s with %d: %d bytes unsent over the %d-byte limit (DPS_MAX_SEND_BUFFER)",
             self.scope.get("client"),
@@ -287,79 +288,127 @@ class PhoenixSocket(AsyncConsumer):
         elif frame.event == "phx_leave":
             await self.leave(frame)
         else:
-            join = self.joins.get(frame.topic)
-            if join is None:
+            channel = self.joins.get(frame.topic)
+            if channel is None:
                 await self._reply(None, frame.ref, frame.topic, "error", {"reason": "unmatched topic"})
-            elif frame.join_ref is not None and frame.join_ref != join.ref:
+            elif frame.join_ref is not None and frame.join_ref != channel.join_ref:
                 logger.debug("ignored %s on %s with stale join_ref %s", frame.event, frame.topic, frame.join_ref)
-            elif frame.event == "publish":
-                await self.publish(frame)
+            elif self.publishes is not None and not self.publishes.take():
+                self.count("publishes_rate_limited")
+                await self._reply(frame.join_ref, frame.ref, frame.topic, "error", {"reason": "rate limited"})
             else:
-                await self._reply(
-                    frame.join_ref, frame.ref, frame.topic, "error", {"reason": f"unknown event {frame.event!r}"}
-                )
+                await self.handle_event(channel, frame)
 
     async def join(self, frame: protocol.Frame) -> None:
         topic = frame.topic
-        if topic == protocol.PHOENIX_TOPIC or not protocol.valid_topic(topic):
+        channel_class = None
+        if topic != protocol.PHOENIX_TOPIC and protocol.valid_topic(topic):
+            channel_class = self.channel_routes.match(topic)
+        if channel_class is None:
             await self._reply(None, frame.ref, topic, "error", {"reason": "unmatched topic"})
             return
         previous = self.joins.pop(topic, None)
         if previous is not None:
             # Duplicate join: the old channel closes, the new join replaces it (never two subscriptions).
-            await self._push(previous.ref, previous.ref, topic, "phx_close")
+            await self._push(previous.join_ref, previous.join_ref, topic, "phx_close")
+            await self._terminate(previous, "rejoin")
         elif len(self.joins) >= self.max_channels:
             await self._reply(frame.join_ref, frame.ref, topic, "error", {"reason": "too many channels joined"})
             return
-        try:
-            refusal = await authorize(self.join_authorizer, self.scope, topic, frame.payload)
-        except Exception:
-            logger.exception("join authorizer failed for %s", topic)
-            refusal = {"reason": "join crashed"}
-        if refusal is not None:
+        channel = channel_class(self, topic, frame.join_ref)
+        reply = await self._ask_join(channel, frame.payload)
+        if reply.status != "ok":
             if previous is not None:
                 await self.channel_layer.group_discard(topic, self.channel_name)
-            await self._reply(frame.join_ref, frame.ref, topic, "error", refusal)
+            await self._reply(frame.join_ref, frame.ref, topic, reply.status, reply.response)
             return
         # Subscribe before replying: a broadcast sent after the client saw "ok" must reach it.
         await self.channel_layer.group_add(topic, self.channel_name)
-        self.joins[topic] = Join(frame.join_ref, protocol.encode_json(frame.join_ref))
-        self._count("joins")
-        await self._reply(frame.join_ref, frame.ref, topic, "ok")
+        self.joins[topic] = channel
+        self.count("joins")
+        await self._reply(frame.join_ref, frame.ref, topic, "ok", reply.response)
+        try:
+            await _called(channel.after_join)
+        except Exception:
+            await self._crash(channel, "after_join")
+
+    async def _ask_join(self, channel: Channel, params: Any) -> Reply:
+        """The join authorizer, then the class's join: the reply to send."""
+        try:
+            refusal = await authorize(self.join_authorizer, self.scope, channel.topic, params)
+        except Exception:
+            logger.exception("join authorizer failed for %s", channel.topic)
+            return Reply.error("join crashed")
+        if refusal is not None:
+            return Reply("error", refusal)
+        try:
+            answer = await _called(channel.join, params)
+        except Exception:
+            logger.exception("%s.join failed for %s", type(channel).__name__, channel.topic)
+            return Reply.error("join crashed")
+        if answer is None or isinstance(answer, dict):
+            return Reply.ok(answer)
+        if isinstance(answer, Reply):
+            return answer
+        logger.error("%s.join returned %r; expected None, a dict or a Reply", type(channel).__name__, answer)
+        return Reply.error("join crashed")
+
+    async def handle_event(self, channel: Channel, frame: protocol.Frame) -> None:
+        """A client event on a joined topic: the channel's handle_in decides the answer."""
+        try:
+            answer = await _called(channel.handle_in, frame.event, frame.payload)
+        except (TransportError, OSError) as exc:  # Redis is away: the client may retry, the channel lives
+            logger.warning("%s on %s failed: %s", frame.event, frame.topic, exc)
+            await self._reply(frame.join_ref, frame.ref, frame.topic, "error", {"reason": "unavailable"})
+            return
+        except Exception:
+            await self._crash(channel, "handle_in")
+            return
+        if isinstance(answer, Reply):
+            await self._reply(frame.join_ref, frame.ref, frame.topic, answer.status, answer.response)
+        elif isinstance(answer, Stop):
+            if answer.reply is not None:
+                await self._reply(frame.join_ref, frame.ref, frame.topic, answer.reply.status, answer.reply.response)
+            await self._close_channel(channel, "phx_close", "stop")
+        elif answer is not None:
+            logger.error("%s.handle_in returned %r; expected a Reply, a Stop or None", type(channel).__name__, answer)
+            await self._close_channel(channel, "phx_error", "crash")
 
     async def leave(self, frame: protocol.Frame) -> None:
-        join = self.joins.get(frame.topic)
-        if join is None:
+        channel = self.joins.get(frame.topic)
+        if channel is None:
             await self._reply(frame.join_ref, frame.ref, frame.topic, "ok")
             return
-        if frame.join_ref is not None and frame.join_ref != join.ref:
+        if frame.join_ref is not None and frame.join_ref != channel.join_ref:
             return  # a stale leave of an earlier join
         del self.joins[frame.topic]
-        await self.channel_layer.group_discard(frame.topic, self.channel_name)
-        await self._reply(join.ref, frame.ref, frame.topic, "ok")
-        await self._push(join.ref, join.ref, frame.topic, "phx_close")
+        await self._end(channel, "leave")
+        await self._reply(channel.join_ref, frame.ref, frame.topic, "ok")
+        await self._push(channel.join_ref, channel.join_ref, frame.topic, "phx_close")
 
-    async def publish(self, frame: protocol.Frame) -> None:
-        """``publish`` with payload ``[event, object]``: broadcast to every subscriber, sender included."""
-        payload = frame.payload
-        if not (
-            isinstance(payload, list)
-            and len(payload) == 2
-            and isinstance(payload[0], str)
-            and isinstance(payload[1], dict)
-        ):
-            reason = 'publish payload must be [event, object], e.g. ["event", {"message": "hi"}]'
-        elif not payload[0] or payload[0].startswith("phx_"):
-            reason = "event must be a non-empty name not starting with phx_"
-        elif self.publishes is not None and not self.publishes.take():
-            self._count("publishes_rate_limited")
-            reason = "rate limited"
-        else:
-            await broadcast(frame.topic, payload[0], payload[1], self.channel_layer)
-            self._count("publishes")
-            await self._reply(frame.join_ref, frame.ref, frame.topic, "ok")
-            return
-        await self._reply(frame.join_ref, frame.ref, frame.topic, "error", {"reason": reason})
+    async def _crash(self, channel: Channel, where: str) -> None:
+        logger.exception("%s.%s failed on %s", type(channel).__name__, where, channel.topic)
+        self.count("channel_crashes")
+        await self._close_channel(channel, "phx_error", "crash")
+
+    async def _close_channel(self, channel: Channel, event: str, reason: str) -> None:
+        """End a channel from the server side: phx_close (stopped) or phx_error (crashed, phoenix.js rejoins)."""
+        if self.joins.get(channel.topic) is channel:
+            del self.joins[channel.topic]
+        await self._push(channel.join_ref, channel.join_ref, channel.topic, event)
+        await self._end(channel, reason)
+
+    async def _end(self, channel: Channel, reason: str) -> None:
+        """Unsubscribe a channel that is no longer in self.joins, then let it clean up."""
+        await self.channel_layer.group_discard(channel.topic, self.channel_name)
+        await self._terminate(channel, reason)
+
+    @staticmethod
+    async def _terminate(channel: Channel, reason: str) -> None:
+        try:
+            await _called(channel.terminate, reason)
+        except Exception:
+            logger.exception("%s.terminate(%r) failed on %s", type(channel).__name__, reason, channel.topic)
 
     # Utility
 
@@ -377,7 +426,7 @@ class PhoenixSocket(AsyncConsumer):
         logger.info("closing websocket %s with %d: %s", self.scope.get("client"), code, why)
         await self.send({"type": "websocket.close", "code": code})
 
-    def _count(self, what: str) -> None:
+    def count(self, what: str) -> None:
         """Socket counters go to the layer's stats, the node's one set of numbers (if it keeps one)."""
         stats = getattr(self.channel_layer, "stats", None)
         if stats is not None:
@@ -401,6 +450,22 @@ class PhoenixSocket(AsyncConsumer):
             self._arm_idle_timer()
         elif self._closing is None:
             self._closing = asyncio.ensure_future(self._close(CLOSE_GOING_AWAY, f"no data for {self.idle_timeout}s"))
+
+
+async def _called(handler, *args):
+    """Call a channel hook, plain or async."""
+    result = handler(*args)
+    return await result if inspect.isawaitable(result) else result
+
+
+def _default_routes() -> ChannelRoutes:
+    global _DEFAULT_ROUTES
+    if _DEFAULT_ROUTES is None:
+        _DEFAULT_ROUTES = ChannelRoutes()
+    return _DEFAULT_ROUTES
+
+
+_DEFAULT_ROUTES: ChannelRoutes | None = None
 
 
 class RejectingSocket(AsyncConsumer):

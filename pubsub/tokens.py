@@ -47,7 +47,7 @@ def verify(token: str, max_age: float = DEFAULT_MAX_AGE) -> tuple[str, dict]:
 
 def warn_if_development_key(logger) -> None:
     """Say it loudly at start while the development key is in use (see DEVELOPMENT_KEY_WARNING)."""
-    from django.conf import settings
+    from pubsub.conf import setting
 
-    if getattr(settings, "DPS_USING_DEVELOPMENT_KEY", False):
+    if setting("DPS_USING_DEVELOPMENT_KEY"):
         logger.warning(DEVELOPMENT_KEY_WARNING)

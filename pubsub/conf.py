@@ -1,0 +1,46 @@
+"""DPS's own settings and their defaults: a project that adds DPS sets only what it changes.
+
+The channel layer's options (node name, topic servers, Redis URL, ...) are not here: they
+are ``CHANNEL_LAYERS["default"]["CONFIG"]``, the layer's constructor arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+__all__ = ["DEFAULTS", "setting", "allowed_origins"]
+
+DEFAULTS: dict[str, Any] = {
+    "DPS_CHANNELS": [("*", "pubsub.channels.PublishChannel")],  # (topic pattern, channel class), first match
+    "DPS_MAX_FRAME_BYTES": 65536,
+    "DPS_MAX_CHANNELS": 100,  # topics joined per socket, as Phoenix
+    "DPS_IDLE_TIMEOUT": 60.0,  # seconds without a frame (phoenix.js sends a heartbeat every 30 s)
+    "DPS_JOIN_AUTHORIZER": "pubsub.authorization.allow_all",
+    "DPS_MAX_CONNECTIONS": 20_000,  # open sockets per node
+    "DPS_PUBLISH_RATE": 50.0,  # client events per second per socket, sustained
+    "DPS_PUBLISH_BURST": 200,
+    "DPS_MAX_SEND_BUFFER": 1024 * 1024,  # unsent bytes per socket before a slow reader is cut off
+    "DPS_SOCKET_AUTH": "optional",
+    "DPS_TOKEN_MAX_AGE": 86400.0,
+    "DPS_ALLOWED_ORIGINS": None,  # None: the hosts of ALLOWED_HOSTS
+    "DPS_API_KEY": "",  # empty: no HTTP API
+    "DPS_USING_DEVELOPMENT_KEY": False,
+}
+
+
+def setting(name: str) -> Any:
+    """The project's value of a DPS setting, else its default."""
+    return getattr(settings, name, DEFAULTS[name])
+
+
+def allowed_origins() -> list[str]:
+    """DPS_ALLOWED_ORIGINS, else the site's own hosts (as Django's runserver allows them under DEBUG)."""
+    origins = setting("DPS_ALLOWED_ORIGINS")
+    if origins is not None:
+        return list(origins)
+    hosts = list(settings.ALLOWED_HOSTS)
+    if not hosts and settings.DEBUG:
+        hosts = [".localhost", "127.0.0.1", "[::1]"]
+    return hosts
