@@ -2,9 +2,8 @@
 
 import os
 from pathlib import Path
-from urllib.parse import urlparse
 
-from pubsub.conf import DEFAULTS
+from pubsub.conf import DEFAULTS, check_redis_url
 from pubsub.exceptions import ConfigurationError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -27,35 +26,6 @@ def _env_number(name, default, kind=int):
     except ValueError:
         wanted = "an integer" if kind is int else "a number"
         raise ConfigurationError(f"{name}={raw!r} is not {wanted}; unset it or give {wanted}.") from None
-
-
-EXAMPLE_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def check_redis_url(url, name="DPS_REDIS_URL"):
-    """Return url if it is a Redis URL redis-py reads as meant; else raise ConfigurationError naming the setting."""
-    problem = _redis_url_problem(url)
-    if problem:
-        raise ConfigurationError(f"{name}={url!r} is not a Redis URL: {problem}; e.g. {EXAMPLE_REDIS_URL}")
-    return url
-
-
-def _redis_url_problem(url):
-    try:
-        parsed = urlparse(url)
-        port = parsed.port
-    except ValueError as exc:  # e.g. a port that is not a number
-        return str(exc)
-    if parsed.scheme not in ("redis", "rediss", "unix"):
-        return "it must start with redis://, rediss:// or unix://"
-    if parsed.scheme == "unix":
-        return None if parsed.path else "a unix:// URL needs the socket's path"
-    if port == 0:
-        return "port 0"
-    database = parsed.path.strip("/")
-    if database and not database.isdigit():  # redis-py would quietly use database 0
-        return f"the database {database!r} is not a number"
-    return None
 
 
 def _env_list(name, default):

@@ -7,10 +7,13 @@ are ``CHANNEL_LAYERS["default"]["CONFIG"]``, the layer's constructor arguments.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlparse
 
 from django.conf import settings
 
-__all__ = ["DEFAULTS", "setting", "allowed_origins"]
+from pubsub.exceptions import ConfigurationError
+
+__all__ = ["DEFAULTS", "setting", "allowed_origins", "check_redis_url"]
 
 DEFAULTS: dict[str, Any] = {
     "DPS_CHANNELS": [("*", "pubsub.channels.PublishChannel")],  # (topic pattern, channel class), first match
@@ -44,3 +47,32 @@ def allowed_origins() -> list[str]:
     if not hosts and settings.DEBUG:
         hosts = [".localhost", "127.0.0.1", "[::1]"]
     return hosts
+
+
+EXAMPLE_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def check_redis_url(url, name="DPS_REDIS_URL"):
+    """Return url if it is a Redis URL redis-py reads as meant; else raise ConfigurationError naming the setting."""
+    problem = _redis_url_problem(url)
+    if problem:
+        raise ConfigurationError(f"{name}={url!r} is not a Redis URL: {problem}; e.g. {EXAMPLE_REDIS_URL}")
+    return url
+
+
+def _redis_url_problem(url):
+    try:
+        parsed = urlparse(url)
+        port = parsed.port
+    except ValueError as exc:  # e.g. a port that is not a number
+        return str(exc)
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        return "it must start with redis://, rediss:// or unix://"
+    if parsed.scheme == "unix":
+        return None if parsed.path else "a unix:// URL needs the socket's path"
+    if port == 0:
+        return "port 0"
+    database = parsed.path.strip("/")
+    if database and not database.isdigit():  # redis-py would quietly use database 0
+        return f"the database {database!r} is not a number"
+    return None

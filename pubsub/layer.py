@@ -69,7 +69,7 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
         channel_capacity: dict | None = None,
         stream_maxlen: int = 100_000,
         liveness_ttl: float = 5.0,
-        live_ring: bool = False,
+        live_ring: bool = True,
         drain_on_sigterm: bool = False,
     ):
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
@@ -82,13 +82,16 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
         self.channel_capacity = self.compile_capacities(channel_capacity or {})
         self.stream_maxlen = stream_maxlen
         self.liveness_ttl = liveness_ttl
-        self.live_ring = live_ring
         self.drain_on_sigterm = drain_on_sigterm
         self.ring_poll = min(1.0, liveness_ttl / 4)
         self.static_ring = self.ring
         self.redis_url = redis_url
         self._given_transport = transport
         self.embedded = transport is None and redis_url is None
+        # Live: the ring is whichever topic servers are running (failover); static: topic_servers, fixed.
+        # The embedded topic servers live in this process, so their ring is always static.
+        self.live_ring = live_ring and not self.embedded
+        self.configured_live_ring = live_ring  # what runtopicserver follows (its ring is never embedded)
         self.stats: Counter[str] = Counter()
         # Publish origins: unique per process, so an owner can drop a publish a retry appended twice.
         self._origin_prefix = f"{node}/{secrets.token_hex(6)}/"

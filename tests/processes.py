@@ -39,12 +39,12 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
 class ManagedProcess:
     """A child process with its output in a temp file; stop() terminates, then kills."""
 
-    def __init__(self, args: list[str], env: dict[str, str], name: str):
+    def __init__(self, args: list[str], env: dict[str, str], name: str, cwd: Path = ROOT):
         self.name = name
         self.log = Path(tempfile.mkstemp(prefix=f"dps-{name}-", suffix=".log")[1])
         self._log_file = self.log.open("wb")
         self.process = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
+            args, cwd=cwd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def output(self) -> str:

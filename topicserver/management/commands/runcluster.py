@@ -20,7 +20,7 @@ import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from dps_site.settings import check_redis_url
+from pubsub.conf import check_redis_url
 from pubsub.exceptions import ConfigurationError
 from pubsub.layer import NODE_NAME_PATTERN
 

@@ -4,14 +4,13 @@ import asyncio
 import logging
 import signal
 
-from django.conf import settings
+from channels.layers import get_channel_layer
 from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import start_http_server
 
-from dps_site.settings import check_redis_url
+from pubsub.conf import check_redis_url
 from pubsub.exceptions import ConfigurationError, TransportError
 from pubsub.metrics import topic_server_registry
-from pubsub.ring import HashRing
 from pubsub.tasks import stop_tasks
 from pubsub.tokens import warn_if_development_key
 from pubsub.transport.redis import RedisTransport
@@ -30,10 +29,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--name", required=True, help="this server's name; with DPS_RING=static it must be in DPS_TOPIC_SERVERS"
         )
-        configured = (settings.DPS_REDIS_URL or "unset").replace("%", "%%")
+        configured = (self.layer.redis_url or "unset").replace("%", "%%")
         parser.add_argument(
             "--redis-url",
-            default=settings.DPS_REDIS_URL,
+            default=self.layer.redis_url,
             help=f"the Redis to serve over (default: DPS_REDIS_URL, {configured})",
         )
         parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: none)")
@@ -41,9 +40,15 @@ class Command(BaseCommand):
             "--metrics-host", default="127.0.0.1", help="address of the metrics port (default: %(default)s)"
         )
 
+    @property
+    def layer(self):
+        """The nodes' layer, never started: the one source of the Redis URL, ring and TTL a topic server
+        shares with them (CHANNEL_LAYERS["default"]["CONFIG"]; in dps_site, the DPS_* variables)."""
+        return get_channel_layer()
+
     def handle(self, *args, name, redis_url, metrics_port, metrics_host, **options):
-        ring = HashRing(settings.DPS_TOPIC_SERVERS)
-        if not settings.DPS_LIVE_RING and name not in ring:
+        ring = self.layer.static_ring
+        if not self.layer.configured_live_ring and name not in ring:
             raise CommandError(
                 f"--name {name!r} is not in the ring DPS_TOPIC_SERVERS={','.join(ring.members)}: "
                 "add it to DPS_TOPIC_SERVERS of every process, or run one of those names."
@@ -53,7 +58,7 @@ class Command(BaseCommand):
                 "runtopicserver needs Redis: set DPS_REDIS_URL (e.g. redis://127.0.0.1:6379/0) or pass --redis-url. "
                 "Without Redis, daphne runs its topic servers in-process (the embedded mode)."
             )
-        source = "DPS_REDIS_URL" if redis_url == settings.DPS_REDIS_URL else "--redis-url"
+        source = "DPS_REDIS_URL" if redis_url == self.layer.redis_url else "--redis-url"
         try:
             check_redis_url(redis_url, source)
         except ConfigurationError as exc:
@@ -61,8 +66,8 @@ class Command(BaseCommand):
         asyncio.run(self.serve(name, redis_url, source, metrics_host, metrics_port))
 
     async def serve(self, name: str, redis_url: str, source: str, metrics_host: str, metrics_port: int | None) -> None:
-        ring = HashRing(settings.DPS_TOPIC_SERVERS)
-        transport = RedisTransport(redis_url, maxlen=settings.DPS_STREAM_MAXLEN)
+        layer = self.layer
+        transport = RedisTransport(redis_url, maxlen=layer.stream_maxlen)
         try:
             await transport.ping()
         except TransportError as exc:
@@ -70,8 +75,8 @@ class Command(BaseCommand):
             reason = str(exc).rstrip(".")
             raise CommandError(f"{source}: {reason}. Start Redis there, or point {source} at a running one.") from None
         warn_if_development_key(logger)
-        members = None if settings.DPS_LIVE_RING else list(ring.members)
-        server = TopicServer(name, transport, members=members, liveness_ttl=settings.DPS_LIVENESS_TTL)
+        members = None if layer.configured_live_ring else list(layer.static_ring.members)
+        server = TopicServer(name, transport, members=members, liveness_ttl=layer.liveness_ttl)
         if metrics_port is not None:
             start_http_server(metrics_port, addr=metrics_host, registry=topic_server_registry(server))
             logger.info("topic server %s: metrics on http://%s:%d/metrics", name, metrics_host, metrics_port)
