@@ -51,6 +51,10 @@ class HeartbeatThread:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(self.interval + 10)
 
+    def abandon(self) -> None:
+        """Stop renewing without waiting for the thread (its event loop has ended)."""
+        self._stop.set()
+
     @property
     def loop_lag(self) -> float:
         """Seconds since the event loop last ran this thread's no-op."""

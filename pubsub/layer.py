@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from channels.layers import BaseChannelLayer
 
 from pubsub import entries
-from pubsub.control import NodeControl
+from pubsub.control import CONTROL_GROUP, NodeControl
 from pubsub.draining import Draining
 from pubsub.exceptions import ChannelFull, ConfigurationError, TransportError
 from pubsub.heartbeat import HeartbeatThread
@@ -38,7 +38,7 @@ from pubsub.node_liveness import NodeLiveness
 from pubsub.protocol import valid_topic
 from pubsub.ring import HashRing
 from pubsub.ring_following import RingFollowing
-from pubsub.tasks import stop_tasks
+from pubsub.tasks import raise_if_cancelling, stop_tasks
 from pubsub.transport.base import Transport, inbox_stream, node_stream
 from pubsub.transport.memory import MemoryTransport
 
@@ -120,6 +120,7 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
         self._last_drop_log = 0.0
         self._heartbeat: HeartbeatThread | None = None
         self._publisher: tuple | None = None  # (loop, transport, ring read at, ring) for appends from elsewhere
+        self._node_cursor: str | None = None  # the last node-stream entry handled (None: not started yet)
         self.topic_servers: list = []
 
     # Channel layer API
@@ -218,6 +219,8 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
 
     async def close(self) -> None:
         """Cancel and await the background tasks, then release the transport."""
+        if self._loop is not None and self._loop is not asyncio.get_running_loop() and not self._loop.is_running():
+            self._leave_dead_loop()  # its tasks and connections are gone already
         await self._stop_heartbeat()
         await stop_tasks(self._tasks)
         publisher, self._publisher = self._publisher, None
@@ -383,8 +386,7 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
                     "other nodes' channels and group_send() are supported (they append through it)"
                 )
             if self._loop is not None:
-                # A new event loop after the old one ended (e.g. a test's): its tasks and futures are gone.
-                self._reset()
+                self._leave_dead_loop()
             self._loop = loop
             self._started = loop.create_future()
             try:
@@ -397,28 +399,62 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
         elif not self._started.done():
             await asyncio.shield(self._started)
 
+    def _leave_dead_loop(self) -> None:
+        """The node's event loop has ended (an ``asyncio.run`` or ``async_to_sync`` call returned).
+        Its tasks, futures, sockets and connections died with it; the node did not: its channels,
+        groups and queued messages stay, and it resumes on the next loop where its reader stopped."""
+        if self._heartbeat is not None:
+            self._heartbeat.abandon()  # its thread ends by itself now that the loop is closed
+            self._heartbeat = None
+        self._tasks = []
+        self._announcements = {}
+        self._fastlanes.clear()
+        self._closers.clear()
+        for mailbox in self._mailboxes.values():
+            mailbox.waiters.clear()
+        self._publisher = None
+        if self.embedded:
+            self.transport.forget_waiters()  # the streams and their topic servers' state live on
+        elif self._given_transport is None:
+            self.transport = None  # its connections belonged to the dead loop
+        self._started = None
+        self._loop = None
+
     async def _start(self) -> None:
+        resuming = self._node_cursor is not None
         self.started_at = time.time()
-        self.transport = self._given_transport or self._make_transport()
+        self.transport = self.transport or self._given_transport or self._make_transport()
+        servers_ready = []
         if self.embedded:
             from topicserver.server import TopicServer
 
-            for name in self.ring.members:
-                server = TopicServer(name, self.transport, members=self.ring.members, liveness_ttl=self.liveness_ttl)
-                ready = asyncio.Event()
-                self.topic_servers.append(server)
-                self._spawn(server.run(ready), f"dps-topic-server-{name}")
-                await ready.wait()
+            if not self.topic_servers:
+                self.topic_servers = [
+                    TopicServer(name, self.transport, members=self.ring.members, liveness_ttl=self.liveness_ttl)
+                    for name in self.ring.members
+                ]
+            for server in self.topic_servers:
+                servers_ready.append(asyncio.Event())
+                self._spawn(server.run(servers_ready[-1]), f"dps-topic-server-{server.name}")
+            if not resuming:
+                await asyncio.gather(*(ready.wait() for ready in servers_ready))
         self.epoch = await self.transport.epoch()
         if self.live_ring:
             await self._follow_ring()
-        after = await self.transport.last_id(node_stream(self.node))
+        after = self._node_cursor or await self.transport.last_id(node_stream(self.node))
+        self._node_cursor = after
         self._spawn(self._read_node_stream(after), f"dps-node-reader-{self.node}")
+        # A resumed embedded server waits for this node's answer to its barrier: the reader runs now.
+        await asyncio.gather(*(ready.wait() for ready in servers_ready))
         await self.transport.heartbeat("node", self.node)
         self._start_heartbeat()
-        # A node of this name may have died holding memberships: owners forget them first.
-        hello = entries.pack("hello", self.node)
-        await self.transport.append_many([(inbox_stream(server), hello) for server in self.ring.members])
+        if resuming:
+            # Owners may have taken this node for dead while no loop ran it: announce every group again.
+            await self._tell_owners("sub", [group for group in self._groups if group != CONTROL_GROUP])
+        else:
+            # A node of this name may have died holding memberships: owners forget them first.
+            hello = entries.pack("hello", self.node)
+            await self.transport.append_many([(inbox_stream(server), hello) for server in self.ring.members])
         await self._join_control()
         self._spawn(self._keep_alive(), f"dps-keep-alive-{self.node}")
         if self.drain_on_sigterm:
@@ -440,6 +476,7 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
     async def _sweep_idle_channels(self) -> None:
         """Forget channels nobody has received on for `expiry` seconds, and their groups."""
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(self.expiry)
             now = time.monotonic()
             for channel, mailbox in list(self._mailboxes.items()):

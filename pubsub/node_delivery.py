@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from pubsub import entries
 from pubsub.exceptions import TransportError
+from pubsub.tasks import raise_if_cancelling
 from pubsub.transport.base import node_stream
 
 __all__ = ["NodeDelivery"]
@@ -45,6 +46,7 @@ class NodeDelivery:
         """This node's one reader: delivery, direct sends and remote group changes."""
         stream = node_stream(self.node)
         while True:
+            raise_if_cancelling()
             try:
                 batch = await self.transport.read(stream, after, _READ_BATCH, _READ_BLOCK_MS)
             except TransportError as exc:
@@ -69,6 +71,7 @@ class NodeDelivery:
                     logger.warning("node %s skipped entry %s: %s", self.node, entry_id, exc)
                 except Exception:
                     logger.exception("node %s failed on entry %s; carrying on", self.node, entry_id)
+                self._node_cursor = entry_id  # where a reader on a later event loop resumes
 
     async def _handle_node_entry(self, fields: list) -> None:
         op = fields[0]

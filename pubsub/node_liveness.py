@@ -16,6 +16,7 @@ from pubsub.control import CONTROL_GROUP
 from pubsub.exceptions import TransportError
 from pubsub.heartbeat import heartbeat_interval, start_heartbeat, stop_heartbeat
 from pubsub.rates import RateMeter
+from pubsub.tasks import raise_if_cancelling
 
 __all__ = ["NodeLiveness"]
 
@@ -49,6 +50,7 @@ class NodeLiveness:
                 await self.transport.put_snapshot("node", self.node, orjson.dumps(snapshot), 3 * self.liveness_ttl)
             except TransportError as exc:
                 logger.warning("node %s: heartbeat failed: %s", self.node, exc)
+            raise_if_cancelling()
             await asyncio.sleep(self.heartbeat_interval)
 
     def snapshot(self, rate: RateMeter | None = None) -> dict:

@@ -14,6 +14,7 @@ import logging
 from pubsub import entries
 from pubsub.exceptions import TransportError
 from pubsub.ring import HashRing
+from pubsub.tasks import raise_if_cancelling
 from pubsub.transport.base import inbox_stream
 
 __all__ = ["RingFollowing"]
@@ -35,6 +36,7 @@ class RingFollowing:
     async def _watch_ring(self) -> None:
         """Follow ring generations (live ring) and notice a Redis that restarted empty."""
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(self.ring_poll)
             try:
                 epoch = await self.transport.epoch()

@@ -140,6 +140,32 @@ async def test_send_and_receive_in_order(layer):
     assert [(await receive(layer, channel))["n"] for _ in range(5)] == list(range(5))
 
 
+async def test_a_cancelled_receive_loses_nothing(layer):
+    """A consumer's receive is cancelled all the time (a timeout, a disconnect): the next one still
+    gets every message, including one that arrived while the first was being cancelled."""
+    channel = await layer.new_channel()
+    for _ in range(20):
+        waiting = asyncio.ensure_future(layer.receive(channel))
+        await asyncio.sleep(0)
+        await layer.send(channel, {"type": "test.message", "n": 1})
+        waiting.cancel()
+        try:
+            got = [await waiting]
+        except asyncio.CancelledError:
+            got = []
+        got += [await receive(layer, channel)] if not got else []
+        assert [m["n"] for m in got] == [1]
+        await assert_nothing(layer, channel, wait=0)
+
+
+async def test_concurrent_receivers_each_get_their_own_messages(layer):
+    channels = [await layer.new_channel() for _ in range(50)]
+    receivers = [asyncio.ensure_future(receive(layer, channel)) for channel in channels]
+    await asyncio.sleep(0)
+    await asyncio.gather(*(layer.send(c, {"type": "test.message", "to": c}) for c in reversed(channels)))
+    assert [m["to"] for m in await asyncio.gather(*receivers)] == channels
+
+
 async def test_full_channel_raises_and_counts(layer):
     channel = await layer.new_channel()
     for i in range(10):

@@ -40,7 +40,7 @@ from pubsub.exceptions import TransportError
 from pubsub.heartbeat import HeartbeatThread, start_heartbeat, stop_heartbeat
 from pubsub.rates import RateMeter
 from pubsub.ring import HashRing
-from pubsub.tasks import stop_tasks
+from pubsub.tasks import raise_if_cancelling, stop_tasks
 from pubsub.transport.base import FIRST_ID, Transport, inbox_stream, node_stream
 
 __all__ = ["TopicServer", "IDEMPOTENCY_PREFIX", "IDEMPOTENCY_WINDOW"]
@@ -114,7 +114,10 @@ class TopicServer:
         self._snapshot_sequences: dict[str, int] = {}
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        """Serve until cancelled; a bad entry or a lost connection is logged, never fatal."""
+        """Serve until cancelled; a bad entry or a lost connection is logged, never fatal.
+
+        Run again (on a new event loop, the embedded mode's), it resumes after its last batch."""
+        self._takeover_lock = asyncio.Lock()  # a lock once waited on belongs to that loop
         await self.transport.heartbeat("topicserver", self.name)
         self._start_heartbeat()
         self.epoch = await self.transport.epoch()
@@ -176,6 +179,7 @@ class TopicServer:
 
     async def _read_inbox(self, cursor: str) -> None:
         while True:
+            raise_if_cancelling()
             try:
                 if self._pending_ring is not None:
                     pending = self._pending_ring
@@ -293,6 +297,7 @@ class TopicServer:
 
     async def _watch_ring(self) -> None:
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(self.ring_poll)
             try:
                 await self._watch_ring_once()
@@ -355,6 +360,7 @@ class TopicServer:
         """
         deadline = time.monotonic() + self.liveness_ttl
         while True:
+            raise_if_cancelling()
             await self._watch_ring_once()
             if self._pending_ring is not None or time.monotonic() >= deadline:
                 break
@@ -403,6 +409,7 @@ class TopicServer:
         stamps = await self.transport.load_stamps(gone)
         moved = 0
         while True:
+            raise_if_cancelling()
             batch = await self.transport.read(inbox, cursor, 10_000, 0)
             if not batch:
                 break
@@ -438,6 +445,7 @@ class TopicServer:
         last_summary = (0.0, None)
         rate = RateMeter()
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(min(1.0, self.liveness_ttl / 3))
             last_summary = self._log_summary(*last_summary)
             try:

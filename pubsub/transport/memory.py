@@ -40,6 +40,11 @@ class MemoryTransport:
         self._cursors: dict[str, str] = {}
         self._stamps: dict[str, dict[str, int]] = {}
 
+    def forget_waiters(self) -> None:
+        """Drop blocked readers of an event loop that has ended (the streams themselves stay)."""
+        for stream in self._streams.values():
+            stream.waiters = [waiter for waiter in stream.waiters if not waiter.get_loop().is_closed()]
+
     def _stream(self, name: str) -> _Stream:
         stream = self._streams.get(name)
         if stream is None:
