@@ -348,3 +348,39 @@ async def test_the_phoenix_client_gets_replies_rejoins_after_a_crash_and_closes_
         assert events[5]["reply"] == {"bye": "js"}
         assert await watcher.recv() == ["1", None, "room:js", "shout", {"from": "js", "text": "back"}]
     assert "RoomChannel.handle_in failed on room:js" in node.output()
+
+
+@pytest.mark.processes
+async def test_two_hundred_sockets_join_and_talk_at_once(cluster_factory):
+    """A chat's shape: everyone joins at the same moment, then everyone speaks at once; each
+    socket hears every other socket exactly once, and never itself."""
+    cluster = cluster_factory(DPS_CHANNELS=CHANNELS_SETTING)
+    urls = [cluster.nodes["ws-a"].url(), cluster.nodes["ws-b"].url()]
+    count = 200
+    sockets = await asyncio.gather(*(websockets.connect(urls[i % 2], max_queue=None) for i in range(count)))
+    try:
+        clients = [Socket(ws) for ws in sockets]
+
+        async def join(i, client):
+            await client.send("1", "1", "room:busy", "phx_join", {"nick": f"u{i}"})
+            return await client.recv()
+
+        replies = await asyncio.gather(*(join(i, c) for i, c in enumerate(clients)))
+        assert all(reply[4]["status"] == "ok" for reply in replies), [r for r in replies if r[4]["status"] != "ok"]
+        await asyncio.gather(*(c.send("1", "2", "room:busy", "say", {"n": i}) for i, c in enumerate(clients)))
+
+        async def hear(i, client):
+            heard, replied = [], False
+            while len(heard) < count - 1 or not replied:
+                frame = await client.recv()
+                if frame[3] == "phx_reply":
+                    assert frame[4]["status"] == "ok", frame
+                    replied = True
+                else:
+                    heard.append(frame[4]["n"])
+            return i, heard
+
+        for i, heard in await asyncio.gather(*(hear(i, c) for i, c in enumerate(clients))):
+            assert sorted(heard) == [n for n in range(count) if n != i], f"socket {i} heard {len(heard)}"
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets))
