@@ -64,6 +64,8 @@ class Stop:
 class Channel:
     """One topic joined by one socket. Subclass it and name the subclass in DPS_CHANNELS."""
 
+    track_presence = True  # a join by an identified socket is tracked in the topic's presence
+
     def __init__(self, socket: PhoenixSocket, topic: str, join_ref: str | None):
         self.socket = socket
         self.topic = topic
@@ -97,6 +99,10 @@ class Channel:
     async def terminate(self, reason: str) -> None:
         """Called once when the channel ends, whatever the reason."""
 
+    def presence_meta(self) -> dict:
+        """What this join adds to its presence meta (``phx_ref`` and ``online_at`` are DPS's)."""
+        return {}
+
     # What a channel can do
 
     async def push(self, event: str, payload: dict | None = None) -> None:
@@ -106,6 +112,21 @@ class Channel:
     async def broadcast(self, event: str, payload: dict) -> None:
         """Send event to every subscriber of the topic on every node, this socket included."""
         await broadcast(self.topic, event, payload, self.socket.channel_layer)
+
+    async def track(self, meta: dict | None = None, key: str | None = None) -> dict:
+        """Be present in the topic as key (default: the identity) with meta; again: an update.
+        Only once joined (in after_join or handle_in). Returns the meta as tracked."""
+        key = key or self.identity
+        if key is None:
+            raise ValueError("an anonymous socket has no presence key: pass key=")
+        return await self.socket.channel_layer.track_presence(self.socket.channel_name, self.topic, key, meta)
+
+    async def update(self, meta: dict) -> dict:
+        """Replace this join's meta: one diff, the new meta joining and the old one leaving."""
+        return await self.track(meta)
+
+    async def untrack(self) -> None:
+        await self.socket.channel_layer.untrack_presence(self.socket.channel_name, self.topic)
 
     async def broadcast_from(self, event: str, payload: dict) -> None:
         """Send event to every subscriber of the topic on every node except this socket."""

@@ -328,9 +328,26 @@ class PhoenixSocket(AsyncConsumer):
         self.count("joins")
         await self._reply(frame.join_ref, frame.ref, topic, "ok", reply.response)
         try:
+            await self._join_presence(channel, frame.payload)
             await _called(channel.after_join)
+        except TransportError:
+            raise
         except Exception:
             await self._crash(channel, "after_join")
+
+    async def _join_presence(self, channel: Channel, params: Any) -> None:
+        """Track an identified join, then push the topic's presence_state (to identified sockets,
+        and to anonymous ones that ask with ``"presence": true``: the seed's example sees none)."""
+        layer = self.channel_layer
+        if not hasattr(layer, "presence_state"):
+            return
+        identified = self.identity.name is not None
+        if identified and channel.track_presence:
+            await channel.track(channel.presence_meta())
+        if identified or (isinstance(params, dict) and params.get("presence") is True):
+            state = await layer.presence_state(channel.topic)
+            if self.joins.get(channel.topic) is channel:
+                await self._push(channel.join_ref, None, channel.topic, "presence_state", state)
 
     async def _ask_join(self, channel: Channel, params: Any) -> Reply:
         """The join authorizer, then the class's join: the reply to send."""
@@ -400,6 +417,8 @@ class PhoenixSocket(AsyncConsumer):
 
     async def _end(self, channel: Channel, reason: str) -> None:
         """Unsubscribe a channel that is no longer in self.joins, then let it clean up."""
+        if hasattr(self.channel_layer, "untrack_presence"):
+            await self.channel_layer.untrack_presence(self.channel_name, channel.topic)
         await self.channel_layer.group_discard(channel.topic, self.channel_name)
         await self._terminate(channel, reason)
 

@@ -10,6 +10,10 @@ Inbox of a topic server (``dps:ts:{name}``):
     ["fwd", topic, message, seq, origin]   a pub passed on by a server that does not own topic
                                   (any more); seq > 0 if a previous owner numbered it; origin is
                                   the pub's, so the owner drops repeated forwards
+    ["track", topic, node, key, meta, quiet]   a socket of node is present in topic as key; meta has
+                                  its unique phx_ref; quiet: a re-announcement clients already know
+    ["untrack", topic, node, key, phx_ref]     that meta left
+    ["plist", topic, reply_key]   who is present in topic? (the answer goes to reply_key, see put_reply)
 
 Stream of a websocket node (``dps:node:{name}``):
     ["msg", topic, seq, message]  one per node per published message, seq per topic from 1
@@ -19,6 +23,8 @@ Stream of a websocket node (``dps:node:{name}``):
                                   gen, re-announce its topics, then acknowledge token
     ["dropped", server]           server forgot this node's members (its heartbeat had expired):
                                   a node that reads this is alive, and re-announces them
+    ["pstate", topic, state]      topic's whole presence, for a node that (re)subscribed; presence
+                                  changes come as "msg" entries (a dps.presence message) in sequence
 
 The message itself is encoded once by the publisher; the owner only wraps it.
 """
@@ -40,6 +46,9 @@ INBOX_OPS = {
     "pub": (str, bytes, str),
     "fwd": (str, bytes, int, str),
     "hello": (str,),
+    "track": (str, str, str, dict, bool),
+    "untrack": (str, str, str, str),
+    "plist": (str, str),
 }
 NODE_OPS = {
     "msg": (str, int, bytes),
@@ -48,6 +57,7 @@ NODE_OPS = {
     "gdiscard": (str, str),
     "owner": (str, str, int),
     "dropped": (str,),
+    "pstate": (str, dict),
 }
 
 

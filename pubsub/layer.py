@@ -24,6 +24,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from channels.layers import BaseChannelLayer
 
@@ -35,6 +36,7 @@ from pubsub.heartbeat import HeartbeatThread
 from pubsub.mailbox import Mailbox
 from pubsub.node_delivery import NodeDelivery
 from pubsub.node_liveness import NodeLiveness
+from pubsub.node_presence import NodePresence
 from pubsub.protocol import valid_topic
 from pubsub.ring import HashRing
 from pubsub.ring_following import RingFollowing
@@ -49,7 +51,7 @@ logger = logging.getLogger(__name__)
 NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeControl, BaseChannelLayer):
+class TopicRingLayer(NodeDelivery, NodePresence, RingFollowing, NodeLiveness, Draining, NodeControl, BaseChannelLayer):
     """A drop-in Channels layer (extensions: groups, flush) backed by topic servers on a hash ring.
 
     With no transport (no ``redis_url``) it runs embedded: an in-memory transport
@@ -121,6 +123,9 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
         self._heartbeat: HeartbeatThread | None = None
         self._publisher: tuple | None = None  # (loop, transport, ring read at, ring) for appends from elsewhere
         self._node_cursor: str | None = None  # the last node-stream entry handled (None: not started yet)
+        self._replicas: dict[str, dict[str, dict[str, dict]]] = {}  # topic -> key -> phx_ref -> meta
+        self._replica_ready: dict[str, asyncio.Event] = {}
+        self._tracked: dict[tuple[str, str], tuple[str, dict]] = {}  # (channel, topic) -> (key, meta)
         self.topic_servers: list = []
 
     # Channel layer API
@@ -272,6 +277,7 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
         self._fastlanes.pop(channel, None)
         self._closers.pop(channel, None)
         self._forget_identity(channel)
+        self.untrack_channel(channel)
 
     def local_members(self, group: str) -> int:
         return len(self._groups.get(group, ()))
@@ -324,26 +330,49 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
             await self._ensure_started()
             await self._append(stream or inbox_stream(self.ring.owner(group)), data)
             return
+        transport, ring = await self._publisher_here(need_ring=stream is None)
+        await transport.append(stream or inbox_stream(ring.owner(group)), data)
+
+    async def _publisher_here(self, need_ring: bool = True) -> tuple[Transport, HashRing]:
+        """This loop's connection for a process (or loop) that is no node, and the ring in force."""
         loop = asyncio.get_running_loop()
         if self._publisher is None or self._publisher[0] is not loop:
             # One connection per event loop, kept while it is used: a process that only publishes
             # (a worker on a long-lived loop) must not pay a connect per message.
             self._publisher = (loop, self._given_transport or self._make_transport(), 0.0, self.static_ring)
         _, transport, ring_read_at, ring = self._publisher
-        if stream is None:
-            if self.live_ring and time.monotonic() - ring_read_at > self.ring_poll:
-                _, members = await transport.ring_state()
-                ring = HashRing(members) if members else self.static_ring
-                self._publisher = (loop, transport, time.monotonic(), ring)
-            stream = inbox_stream(ring.owner(group))
-        await transport.append(stream, data)
+        if need_ring and self.live_ring and time.monotonic() - ring_read_at > self.ring_poll:
+            _, members = await transport.ring_state()
+            ring = HashRing(members) if members else self.static_ring
+            self._publisher = (loop, transport, time.monotonic(), ring)
+        return transport, ring
 
-    def _announce(self, op: str, group: str) -> asyncio.Future:
-        """Send sub/unsub for group to its owner, in the order they were decided for that group.
+    async def ask_owner(self, topic: str, request: str, timeout: float = 5.0) -> Any:
+        """Ask topic's owner (``request`` is an inbox op taking (topic, reply key)); its decoded answer.
+        From any code, like group_send: through the node where it runs, else on this loop's connection."""
+        home = self._loop
+        if home is not None and home.is_running() and home is not asyncio.get_running_loop():
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.ask_owner(topic, request), home))
+        if self.embedded or self._running_here():
+            await self._ensure_started()
+            transport, ring = self.transport, self.ring
+        else:
+            transport, ring = await self._publisher_here()
+        key = f"dps:reply:{self._origin_prefix}{secrets.token_hex(8)}"
+        await transport.append(inbox_stream(ring.owner(topic)), entries.pack(request, topic, key))
+        answer = await transport.take_reply(key, timeout)
+        if answer is None:
+            raise TransportError(f"the owner of {topic} did not answer within {timeout:.0f}s")
+        return entries.unpack_message(answer)
+
+    def _announce(self, op: str, group: str, data: bytes | None = None) -> asyncio.Future:
+        """Send sub/unsub (or data: a presence change) for group to its owner, in the order they
+        were decided for that group.
 
         Returns the announcement's future (its outcome is shared by every member waiting on it)."""
         previous = self._announcements.get(group)
-        done = asyncio.ensure_future(self._send_announcement(op, group, previous))
+        data = data or entries.pack(op, group, self.node)
+        done = asyncio.ensure_future(self._send_announcement(data, group, previous))
         self._announcements[group] = done
 
         def forget(_):
@@ -355,13 +384,13 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
         done.add_done_callback(forget)
         return done
 
-    async def _send_announcement(self, op: str, group: str, previous: asyncio.Future | None) -> None:
+    async def _send_announcement(self, data: bytes, group: str, previous: asyncio.Future | None) -> None:
         if previous is not None:
             try:
                 await asyncio.shield(previous)
             except TransportError:
                 pass  # its own callers were told; this announcement still goes out, in order
-        await self._append(inbox_stream(self.ring.owner(group)), entries.pack(op, group, self.node))
+        await self._append(inbox_stream(self.ring.owner(group)), data)
 
     async def _leave_local(self, group: str, channel: str) -> None:
         members = self._groups.get(group)
@@ -371,6 +400,7 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
         if not members:
             del self._groups[group]
             self._last_seq.pop(group, None)
+            self._forget_replica(group)
             await asyncio.shield(self._announce("unsub", group))
 
     def _running_here(self) -> bool:
@@ -412,6 +442,10 @@ class TopicRingLayer(NodeDelivery, RingFollowing, NodeLiveness, Draining, NodeCo
         self._closers.clear()
         for mailbox in self._mailboxes.values():
             mailbox.waiters.clear()
+        for topic, ready in list(self._replica_ready.items()):  # an Event once waited on belongs to its loop
+            self._replica_ready[topic] = asyncio.Event()
+            if ready.is_set():
+                self._replica_ready[topic].set()
         self._publisher = None
         if self.embedded:
             self.transport.forget_waiters()  # the streams and their topic servers' state live on

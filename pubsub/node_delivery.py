@@ -18,6 +18,7 @@ from pubsub import entries
 from pubsub.exceptions import TransportError
 from pubsub.tasks import raise_if_cancelling
 from pubsub.transport.base import node_stream
+from topicserver.presence import PRESENCE_TYPE
 
 __all__ = ["NodeDelivery"]
 
@@ -94,6 +95,9 @@ class NodeDelivery:
                 await self._follow_ring()
             await self._tell_owners("sub", [group for group in self._groups if self.ring.owner(group) == server])
             await self.transport.ack_barrier(server, self.node, token)
+        elif op == "pstate":
+            _, topic, state = fields
+            self._on_presence_state(topic, state)
         elif op == "dropped":
             _, server = fields
             self.stats["dropped_by_owner"] += 1
@@ -114,6 +118,10 @@ class NodeDelivery:
                 logger.warning("node %s: topic %s jumped from seq %d to %d", self.node, topic, last, seq)
         self._last_seq[topic] = seq
         message = entries.unpack_message(blob)
+        if message.get("type") == PRESENCE_TYPE:
+            message = self._on_presence_change(topic, message)
+            if message is None:  # a quiet change: only the replica needed it
+                return
         delivered = 0
         fastlanes = self._fastlanes
         for channel in members:

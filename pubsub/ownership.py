@@ -17,7 +17,14 @@ from pubsub.ring import HashRing
 
 __all__ = ["collect", "build_report", "Report", "TopicRow", "ProcessRow", "rebalance_preview", "SORT_KEYS"]
 
-SORT_KEYS = {"topic": "topic", "owner": "owner", "subscribers": "subscribers", "seq": "last seq", "per_s": "msgs/s"}
+SORT_KEYS = {
+    "topic": "topic",
+    "owner": "owner",
+    "subscribers": "subscribers",
+    "seq": "last seq",
+    "per_s": "msgs/s",
+    "present": "present: users (clients)",
+}
 
 
 @dataclass
@@ -44,6 +51,8 @@ class TopicRow:
     seq: int | None = None
     per_s: float = 0.0
     reported_by: str | None = None
+    present_clients: int = 0
+    present_users: int = 0
 
     @property
     def total(self) -> int:
@@ -93,6 +102,7 @@ def build_report(
         for topic, info in snapshot.get("topics", {}).items():
             row = topics.setdefault(topic, TopicRow(topic, ring.owner(topic), {}))
             row.seq, row.per_s, row.reported_by = info.get("seq"), info.get("per_s", 0.0), name
+            row.present_clients, row.present_users = info.get("present", (0, 0))
     for name, snapshot in nodes.items():
         for topic, members in snapshot.get("topics", {}).items():
             row = topics.setdefault(topic, TopicRow(topic, ring.owner(topic), {}))
@@ -134,6 +144,7 @@ def sort_topics(rows: list[TopicRow], key: str, descending: bool) -> list[TopicR
         "subscribers": lambda r: (r.total, r.topic),
         "seq": lambda r: (r.seq or 0, r.topic),
         "per_s": lambda r: (r.per_s, r.topic),
+        "present": lambda r: (r.present_users, r.present_clients, r.topic),
     }[key if key in SORT_KEYS else "topic"]
     return sorted(rows, key=value, reverse=descending)
 

@@ -29,9 +29,10 @@ class RingFollowing:
         """One sub/unsub per group to its owner, in one round trip (re-announcing, or draining)."""
         if groups:
             logger.info("node %s: %s %d topics at their owners", self.node, op, len(groups))
-            await self.transport.append_many(
-                [(inbox_stream(self.ring.owner(group)), entries.pack(op, group, self.node)) for group in groups]
-            )
+            items = [(inbox_stream(self.ring.owner(group)), entries.pack(op, group, self.node)) for group in groups]
+            if op == "sub":  # and who is present through this node, behind each topic's "sub"
+                items += [(inbox_stream(self.ring.owner(t)), data) for t, data in self.presence_entries(groups)]
+            await self.transport.append_many(items)
 
     async def _watch_ring(self) -> None:
         """Follow ring generations (live ring) and notice a Redis that restarted empty."""

@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.urls import path
 
 from pubsub.admin import ownership_view
-from pubsub.api import broadcast_view, publish_view
+from pubsub.api import broadcast_view, presence_stats_view, presence_view, publish_view
 from pubsub.metrics import metrics_view
 
 urlpatterns = [
@@ -15,4 +15,6 @@ urlpatterns = [
     path("metrics", metrics_view, name="dps-metrics"),
     path("api/publish", publish_view, name="dps-api-publish"),
     path("api/broadcast", broadcast_view, name="dps-api-broadcast"),
+    path("api/presence", presence_view, name="dps-api-presence"),
+    path("api/presence_stats", presence_stats_view, name="dps-api-presence-stats"),
 ]

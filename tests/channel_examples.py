@@ -53,3 +53,16 @@ class RoomChannel(Channel):
 def plan_hook(scope, params):
     """DPS_SOCKET_AUTH hook: the identity and an assign from the connect params."""
     return {"identity": params.get("user"), "plan": params.get("plan", "free")}
+
+
+class MoodChannel(Channel):
+    """Presence with a meta of its own, and updates."""
+
+    def presence_meta(self):
+        return {"mood": "fine"}
+
+    async def handle_in(self, event, payload):
+        if event == "mood":
+            await self.update({"mood": payload["mood"]})
+            return Reply.ok()
+        return await super().handle_in(event, payload)

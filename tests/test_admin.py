@@ -204,3 +204,27 @@ async def test_the_page_warns_while_the_development_key_is_in_use(staff_client, 
     assert "SECRET_KEY is the development key" in (await staff_client.get("/admin/ownership/")).content.decode()
     settings.DPS_USING_DEVELOPMENT_KEY = False
     assert "development key" not in (await staff_client.get("/admin/ownership/")).content.decode()
+
+
+async def test_presence_counts_show_per_topic(cluster_layer, staff_client):
+    from pubsub import tokens
+
+    cluster = cluster_layer
+    sockets = []
+    try:
+        for user, node in (("ann", "ws-a"), ("ann", "ws-b"), ("bo", "ws-b")):
+            ws = await websockets.connect(cluster.nodes[node].url(f"vsn=2.0.0&token={tokens.sign(user)}"))
+            await join(ws, "page:present")
+            sockets.append(ws)
+
+        def counted(report):
+            rows = {row["topic"]: row for row in report["topics"]}
+            row = rows.get("page:present")
+            return row is not None and (row["present_users"], row["present_clients"]) == (2, 3)
+
+        await wait_for_report(staff_client, counted, "2 users (3 clients) present")
+        html = (await staff_client.get("/admin/ownership/?sort=present&dir=desc")).content.decode()
+        assert "present: users (clients)" in html and "2 (3)" in html
+    finally:
+        for ws in sockets:
+            await ws.close()

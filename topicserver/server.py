@@ -42,12 +42,14 @@ from pubsub.rates import RateMeter
 from pubsub.ring import HashRing
 from pubsub.tasks import raise_if_cancelling, stop_tasks
 from pubsub.transport.base import FIRST_ID, Transport, inbox_stream, node_stream
+from topicserver.presence import PresenceTable
 
 __all__ = ["TopicServer", "IDEMPOTENCY_PREFIX", "IDEMPOTENCY_WINDOW"]
 
 logger = logging.getLogger(__name__)
 
 _RETRY_DELAY = 0.5
+_REPLY_TTL = 30.0  # seconds an answer nobody took is kept
 _SEND_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # about 3 s of trying
 _SUMMARY_INTERVAL = 60.0
 _IDLE_SEQUENCES = 100_000
@@ -64,7 +66,7 @@ def _id_number(entry_id: str) -> tuple[int, int]:
 
 def _backlog_rank(fields: list, stamp: int) -> tuple[int, int]:
     """Backlog order: membership changes, then messages already numbered (by number), then the rest."""
-    if fields[0] in ("sub", "unsub", "hello"):
+    if fields[0] in ("sub", "unsub", "hello", "track", "untrack"):
         return (0, 0)
     seq = stamp or (fields[3] if fields[0] == "fwd" else 0)
     return (1, seq) if seq else (2, 0)
@@ -82,6 +84,7 @@ class TopicServer:
         liveness_ttl: float = 5.0,
         batch_size: int = 512,
         block_ms: int = 1000,
+        presence_window: float = 0.1,
     ):
         """members: the static ring; None for a live ring built from the registered topic servers."""
         self.name = name
@@ -107,6 +110,9 @@ class TopicServer:
         self.topics: dict[str, set[str]] = {}  # topic -> nodes holding members
         self.node_topics: dict[str, set[str]] = {}  # node -> its topics here (the inverse index)
         self.sequences: dict[str, int] = {}
+        self.presence = PresenceTable(presence_window)
+        self._state_wanted: set[tuple[str, str]] = set()  # (topic, node) to send the whole presence to
+        self._replies: list[tuple[str, bytes]] = []  # (reply key, answer) to requests of this batch
         self.stats: Counter[str] = Counter()
         self.started_at = time.time()
         self.inbox_lag = 0.0
@@ -189,7 +195,8 @@ class TopicServer:
                         self._pending_ring = self._pending_ring or pending  # try again on the next turn
                         raise
                     cursor = await self._barrier_and_backlog(cursor, {})
-                batch = await self.transport.read(self.inbox, cursor, self.batch_size, self.block_ms)
+                await self._announce_presence(cursor)
+                batch = await self.transport.read(self.inbox, cursor, self.batch_size, self._read_block_ms())
             except TransportError as exc:
                 logger.warning("topic server %s: reading its inbox failed (%s); retrying", self.name, exc)
                 await asyncio.sleep(_RETRY_DELAY)
@@ -278,7 +285,48 @@ class TopicServer:
                 self.handle(entry_id, data, fields, stamps.get(entry_id, 0), outgoing, touched, stamped)
             except Exception:
                 logger.exception("topic server %s failed on entry %s; carrying on", self.name, entry_id)
+        # Whole presences go out after the batch, so re-announcements in it are all included.
+        for topic, node in self._state_wanted:
+            if node in self.topics.get(topic, ()):
+                outgoing.append((node_stream(node), entries.pack("pstate", topic, self.presence.state(topic))))
+        self._state_wanted.clear()
         await self._commit(touched, stamped, outgoing, batch[-1][0])
+        replies, self._replies = self._replies, []
+        for key, answer in replies:
+            try:
+                await self.transport.put_reply(key, answer, _REPLY_TTL)
+            except TransportError as exc:  # the asker times out and says so
+                logger.warning("topic server %s: answering %s failed: %s", self.name, key, exc)
+
+    def _read_block_ms(self) -> int:
+        """Wait for entries no longer than until the next presence diff is due."""
+        due = self.presence.next_due()
+        if due is None:
+            return self.block_ms
+        return max(1, min(self.block_ms, int((due - time.monotonic()) * 1000) + 1))
+
+    async def _announce_presence(self, cursor: str) -> None:
+        """Send each topic's coalesced presence diff whose window has passed, numbered like a message."""
+        due = self.presence.due()
+        if not due:
+            return
+        unknown = [topic for topic, _ in due if topic not in self.sequences]
+        if unknown:
+            loaded = await self.transport.load_sequences(unknown)
+            self.sequences.update({topic: loaded.get(topic, 0) for topic in unknown})
+        outgoing: list[tuple[str, bytes]] = []
+        touched: dict[str, int] = {}
+        for topic, diff in due:
+            nodes = self.topics.get(topic)
+            if not nodes:
+                continue
+            seq = self.sequences[topic] = self.sequences.get(topic, 0) + 1
+            touched[topic] = seq
+            message = entries.pack("msg", topic, seq, entries.pack_message(diff.as_message()))
+            outgoing.extend((node_stream(node), message) for node in nodes)
+            self.stats["presence_diffs"] += 1
+        if outgoing:
+            await self._commit(touched, {}, outgoing, cursor)
 
     async def _commit(self, touched, stamped, outgoing, cursor) -> None:
         """Commit, retrying a while; a retry may repeat entries, which nodes and owners drop as
@@ -490,6 +538,7 @@ class TopicServer:
                 "nodes": sorted(nodes),
                 "seq": seq,
                 "per_s": (seq - previous) / elapsed if elapsed else 0.0,
+                "present": self.presence.counts(topic),  # (clients, users)
             }
         self._snapshot_at = now
         self._snapshot_sequences = {topic: info["seq"] for topic, info in topics.items()}
@@ -546,17 +595,28 @@ class TopicServer:
             message = entries.pack("msg", topic, seq, fields[2])
             outgoing.extend((node_stream(node), message) for node in nodes)
             self.stats["node_messages"] += len(nodes)
-        elif op in ("sub", "unsub"):
-            _, topic, node = fields
+        elif op in ("sub", "unsub", "track", "untrack", "plist"):
+            topic = fields[1]
             if self.owner(topic) != self.name:
                 outgoing.append((inbox_stream(self.owner(topic)), data))
             elif op == "sub":
+                node = fields[2]
                 self.topics.setdefault(topic, set()).add(node)
                 if node not in self.node_topics:
                     logger.info("topic server %s: node %s holds members of its topics", self.name, node)
                 self.node_topics.setdefault(node, set()).add(topic)
+                self._state_wanted.add((topic, node))
+            elif op == "unsub":
+                self.forget(topic, fields[2])
+            elif op == "track":
+                _, _, node, key, meta, quiet = fields
+                if node in self.topics.get(topic, ()):  # a track behind an unsub (or a drop) is stale
+                    self.presence.track(topic, node, key, meta, quiet)
+            elif op == "untrack":
+                _, _, _, key, ref = fields
+                self.presence.untrack(topic, key, ref)
             else:
-                self.forget(topic, node)
+                self._replies.append((fields[2], entries.pack_message(self.presence.state(topic))))
         elif op == "hello":
             self.drop_node(fields[1])
 
@@ -574,6 +634,7 @@ class TopicServer:
         return False
 
     def forget(self, topic: str, node: str) -> None:
+        self.presence.drop(topic, node)
         nodes = self.topics.get(topic)
         if nodes is not None:
             nodes.discard(node)

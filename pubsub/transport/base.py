@@ -55,6 +55,12 @@ class Transport(Protocol):
     async def snapshots(self, kind: str) -> dict[str, bytes]:
         """The unexpired snapshots of every process of kind."""
 
+    async def put_reply(self, key: str, data: bytes, ttl: float) -> None:
+        """Answer a request made with take_reply(key); an answer nobody takes expires after ttl."""
+
+    async def take_reply(self, key: str, timeout: float) -> bytes | None:
+        """Wait up to timeout for the answer to key (once); None if none came."""
+
     def id_time(self, entry_id: str) -> float | None:
         """The unix time an entry was appended, if its id tells (Redis ids do)."""
 

@@ -39,6 +39,7 @@ class MemoryTransport:
         self._sequences: dict[str, int] = {}
         self._cursors: dict[str, str] = {}
         self._stamps: dict[str, dict[str, int]] = {}
+        self._replies: dict[str, asyncio.Future] = {}
 
     def forget_waiters(self) -> None:
         """Drop blocked readers of an event loop that has ended (the streams themselves stay)."""
@@ -106,6 +107,20 @@ class MemoryTransport:
 
     async def forget(self, kind: str, name: str) -> None:
         self._registry.pop((kind, name), None)
+
+    async def put_reply(self, key: str, data: bytes, ttl: float) -> None:
+        waiter = self._replies.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(data)
+
+    async def take_reply(self, key: str, timeout: float) -> bytes | None:
+        waiter = self._replies[key] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self._replies.pop(key, None)
 
     async def put_snapshot(self, kind: str, name: str, data: bytes, ttl: float) -> None:
         self._snapshots[kind, name] = (time.time() + ttl, data)

@@ -212,6 +212,25 @@ class RedisTransport:
 
     # Snapshots for the admin page: one key per process, found through the liveness registry.
 
+    async def put_reply(self, key: str, data: bytes, ttl: float) -> None:
+        try:
+            async with self._writer.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, data)
+                pipe.pexpire(key, int(ttl * 1000))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            await self._drop_connections()
+            raise TransportError(f"answering {key} failed: {exc}") from exc
+
+    async def take_reply(self, key: str, timeout: float) -> bytes | None:
+        """BLPOP on a pooled connection: a list emptied by the pop is gone, one never popped expires."""
+        try:
+            popped = await self._writer.blpop([key], timeout=timeout)
+        except (RedisError, OSError) as exc:
+            await self._drop_connections()
+            raise TransportError(f"waiting for {key} failed: {exc}") from exc
+        return popped[1] if popped else None
+
     async def put_snapshot(self, kind: str, name: str, data: bytes, ttl: float) -> None:
         try:
             await self._writer.set(_snapshot_key(kind, name), data, px=int(ttl * 1000))

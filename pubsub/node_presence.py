@@ -1,0 +1,135 @@
+"""A node's side of presence: what its sockets track, and a replica of each topic's presence.
+
+The topic's owner holds the truth (topicserver/presence.py). A node sends it tracks and
+untracks in order with its memberships, receives the whole presence when it subscribes
+(``pstate``) and every change after that as a numbered message, keeps a replica per topic it
+holds, answers a joining socket's ``presence_state`` from it, and turns each change into one
+``presence_diff`` frame, encoded once for all its sockets in the topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import time
+
+from pubsub import entries
+from pubsub.publishing import broadcast_message
+
+__all__ = ["NodePresence", "new_ref"]
+
+logger = logging.getLogger("pubsub.layer")
+
+STATE_TIMEOUT = 5.0  # seconds a joining socket waits for its topic's presence from the owner
+
+
+def new_ref() -> str:
+    """A unique phx_ref: 12 random bytes, base64url (Phoenix's are 12 bytes too)."""
+    return base64.urlsafe_b64encode(os.urandom(12)).decode()
+
+
+class NodePresence:
+    """Mixed into TopicRingLayer; its state lives in _reset (``_replicas``, ``_replica_ready``, ``_tracked``)."""
+
+    async def track_presence(self, channel: str, topic: str, key: str, meta: dict | None = None) -> dict:
+        """Track channel in topic under key (channel must be a member); a second call is an update:
+        one diff with the new meta (new phx_ref, phx_ref_prev) joining and the old one leaving."""
+        previous = self._tracked.get((channel, topic))
+        full = {**(meta or {}), "online_at": int(time.time()), "phx_ref": new_ref()}
+        if previous is not None:
+            full["online_at"] = previous[1]["online_at"]
+            full["phx_ref_prev"] = previous[1]["phx_ref"]
+        self._tracked[(channel, topic)] = (key, full)
+        if previous is not None:
+            self._announce(
+                "untrack", topic, entries.pack("untrack", topic, self.node, previous[0], previous[1]["phx_ref"])
+            )
+        await asyncio.shield(self._announce("track", topic, entries.pack("track", topic, self.node, key, full, False)))
+        return full
+
+    async def untrack_presence(self, channel: str, topic: str) -> None:
+        tracked = self._tracked.pop((channel, topic), None)
+        if tracked is not None and topic in self._groups:
+            key, meta = tracked
+            await asyncio.shield(
+                self._announce("untrack", topic, entries.pack("untrack", topic, self.node, key, meta["phx_ref"]))
+            )
+
+    def untrack_channel(self, channel: str) -> None:
+        """Forget a closed channel's tracks (its groups are left, or being left, which drops them at the owner)."""
+        for channel_topic in [ct for ct in self._tracked if ct[0] == channel]:
+            del self._tracked[channel_topic]
+
+    async def presence_state(self, topic: str, timeout: float = STATE_TIMEOUT) -> dict:
+        """``{key: {"metas": [...]}}`` of topic (this node must hold a member of it)."""
+        ready = self._replica_ready.get(topic)
+        if ready is None:
+            ready = self._replica_ready[topic] = asyncio.Event()
+        if not ready.is_set():
+            try:
+                await asyncio.wait_for(ready.wait(), timeout)
+            except TimeoutError:
+                logger.warning("node %s: no presence of %s from its owner within %.0fs", self.node, topic, timeout)
+        return self._presence_of_replica(topic)
+
+    def local_presence(self, topic: str) -> dict | None:
+        """The replica of topic, if this node runs on this loop and holds a complete one; else None."""
+        ready = self._replica_ready.get(topic)
+        if not self._running_here() or ready is None or not ready.is_set() or topic not in self._groups:
+            return None
+        return self._presence_of_replica(topic)
+
+    def _presence_of_replica(self, topic: str) -> dict:
+        replica = self._replicas.get(topic, {})
+        return {key: {"metas": list(by_ref.values())} for key, by_ref in replica.items()}
+
+    def presence_entries(self, groups) -> list[tuple[str, bytes]]:
+        """Quiet re-announcements of every tracked meta in groups (their owner changed, or forgot them)."""
+        wanted = set(groups)
+        return [
+            (topic, entries.pack("track", topic, self.node, key, meta, True))
+            for (_, topic), (key, meta) in self._tracked.items()
+            if topic in wanted and topic in self._groups
+        ]
+
+    # From the owner
+
+    def _on_presence_state(self, topic: str, state: dict) -> None:
+        if topic not in self._groups:
+            return
+        self._replicas[topic] = {
+            key: {
+                meta["phx_ref"]: meta for meta in value.get("metas", ()) if isinstance(meta, dict) and "phx_ref" in meta
+            }
+            for key, value in state.items()
+        }
+        ready = self._replica_ready.get(topic)
+        if ready is None:
+            ready = self._replica_ready[topic] = asyncio.Event()
+        ready.set()
+
+    def _on_presence_change(self, topic: str, change: dict) -> dict | None:
+        """Apply a change to the replica; the frame for local sockets, or None for a quiet one."""
+        replica = self._replicas.setdefault(topic, {})
+        for key, value in change.get("leaves", {}).items():
+            by_ref = replica.get(key)
+            if by_ref is not None:
+                for meta in value["metas"]:
+                    by_ref.pop(meta.get("phx_ref"), None)
+                if not by_ref:
+                    del replica[key]
+        for part in ("joins", "quiet"):
+            for key, value in change.get(part, {}).items():
+                by_ref = replica.setdefault(key, {})
+                for meta in value["metas"]:
+                    by_ref[meta["phx_ref"]] = meta
+        joins, leaves = change.get("joins", {}), change.get("leaves", {})
+        if not joins and not leaves:
+            return None
+        return broadcast_message(topic, "presence_diff", {"joins": joins, "leaves": leaves})
+
+    def _forget_replica(self, topic: str) -> None:
+        self._replicas.pop(topic, None)
+        self._replica_ready.pop(topic, None)

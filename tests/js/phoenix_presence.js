@@ -1,0 +1,15 @@
+// The phoenix client's Presence on one topic: prints the list ({key: number of metas}) after every sync.
+// Usage: node phoenix_presence.js MOUNT TOPIC USER; runs until killed.
+const { Socket, Presence } = require("phoenix");
+const WebSocket = require("ws");
+const [mount, topic, user] = process.argv.slice(2);
+const socket = new Socket(mount, { transport: WebSocket, params: { user } });
+socket.connect();
+const channel = socket.channel(topic, {});
+const presence = new Presence(channel);
+presence.onSync(() => {
+  const list = {};
+  presence.list((key, { metas }) => { list[key] = metas.length; });
+  console.log(JSON.stringify({ event: "sync", list }));
+});
+channel.join().receive("error", (response) => console.log(JSON.stringify({ event: "refused", response })));
