@@ -14,6 +14,7 @@ DEFAULT_TOPIC_SERVERS = "ts-1"
 DEFAULT_CHANNEL_CAPACITY = 1000
 DEFAULT_STREAM_MAXLEN = 100_000
 DEFAULT_LIVENESS_TTL = 5.0
+DEFAULT_PRESENCE_WINDOW = 0.1  # seconds a topic's presence changes are gathered into one diff
 DEFAULT_RING = "live"
 
 
@@ -56,13 +57,16 @@ DPS_CHANNEL_CAPACITY = _env_number("DPS_CHANNEL_CAPACITY", DEFAULT_CHANNEL_CAPAC
 DPS_STREAM_MAXLEN = _env_number("DPS_STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN)
 DPS_JOIN_AUTHORIZER = os.environ.get("DPS_JOIN_AUTHORIZER") or DEFAULTS["DPS_JOIN_AUTHORIZER"]
 DPS_LIVENESS_TTL = _env_number("DPS_LIVENESS_TTL", DEFAULT_LIVENESS_TTL, float)
+DPS_PRESENCE_WINDOW = _env_number("DPS_PRESENCE_WINDOW", DEFAULT_PRESENCE_WINDOW, float)
 DPS_MAX_CONNECTIONS = _env_number("DPS_MAX_CONNECTIONS", DEFAULTS["DPS_MAX_CONNECTIONS"])
 DPS_PUBLISH_RATE = _env_number("DPS_PUBLISH_RATE", DEFAULTS["DPS_PUBLISH_RATE"], float)
 DPS_PUBLISH_BURST = _env_number("DPS_PUBLISH_BURST", DEFAULTS["DPS_PUBLISH_BURST"])
 DPS_MAX_SEND_BUFFER = _env_number("DPS_MAX_SEND_BUFFER", DEFAULTS["DPS_MAX_SEND_BUFFER"])
 DPS_SOCKET_AUTH = os.environ.get("DPS_SOCKET_AUTH") or DEFAULTS["DPS_SOCKET_AUTH"]
 # Channel classes by topic: "room:*=chat.channels.Room,*=pubsub.channels.PublishChannel".
-DPS_CHANNELS = _env_routes("DPS_CHANNELS", DEFAULTS["DPS_CHANNELS"])
+# This site also serves the browser chat (/chat/) on topics chat:<room>.
+DPS_CHANNELS = _env_routes("DPS_CHANNELS", [("chat:*", "chat.channels.ChatRoom"), *DEFAULTS["DPS_CHANNELS"]])
+LOGIN_URL = "chat:login"
 DPS_TOKEN_MAX_AGE = _env_number("DPS_TOKEN_MAX_AGE", DEFAULTS["DPS_TOKEN_MAX_AGE"], float)
 DPS_API_KEY = os.environ.get("DPS_API_KEY", "")  # unset: no HTTP API (/api/ is 404)
 DPS_RING = os.environ.get("DPS_RING") or DEFAULT_RING
@@ -90,6 +94,7 @@ INSTALLED_APPS = [
     "channels",
     "pubsub",
     "topicserver",
+    "chat",
 ]
 
 MIDDLEWARE = [
@@ -142,6 +147,7 @@ CHANNEL_LAYERS = {
             "capacity": DPS_CHANNEL_CAPACITY,
             "stream_maxlen": DPS_STREAM_MAXLEN,
             "liveness_ttl": DPS_LIVENESS_TTL,
+            "presence_window": DPS_PRESENCE_WINDOW,
             "live_ring": DPS_LIVE_RING,
         },
     }

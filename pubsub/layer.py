@@ -71,6 +71,7 @@ class TopicRingLayer(NodeDelivery, NodePresence, RingFollowing, NodeLiveness, Dr
         channel_capacity: dict | None = None,
         stream_maxlen: int = 100_000,
         liveness_ttl: float = 5.0,
+        presence_window: float = 0.1,
         live_ring: bool = True,
         drain_on_sigterm: bool = False,
     ):
@@ -84,6 +85,7 @@ class TopicRingLayer(NodeDelivery, NodePresence, RingFollowing, NodeLiveness, Dr
         self.channel_capacity = self.compile_capacities(channel_capacity or {})
         self.stream_maxlen = stream_maxlen
         self.liveness_ttl = liveness_ttl
+        self.presence_window = presence_window  # what topic servers coalesce presence changes over
         self.drain_on_sigterm = drain_on_sigterm
         self.ring_poll = min(1.0, liveness_ttl / 4)
         self.static_ring = self.ring
@@ -464,7 +466,13 @@ class TopicRingLayer(NodeDelivery, NodePresence, RingFollowing, NodeLiveness, Dr
 
             if not self.topic_servers:
                 self.topic_servers = [
-                    TopicServer(name, self.transport, members=self.ring.members, liveness_ttl=self.liveness_ttl)
+                    TopicServer(
+                        name,
+                        self.transport,
+                        members=self.ring.members,
+                        liveness_ttl=self.liveness_ttl,
+                        presence_window=self.presence_window,
+                    )
                     for name in self.ring.members
                 ]
             for server in self.topic_servers:

@@ -87,3 +87,24 @@ def cluster_factory():
     yield start
     for each in started:
         each.stop()
+
+
+@pytest.fixture
+def browser_factory():
+    """Start headless Chromium browsers (each its own user); all are quit at teardown."""
+    from tests.browsers import start_chromium
+
+    started = []
+
+    def start():
+        started.append(start_chromium())
+        return started[-1]
+
+    yield start
+    for session in started:
+        session.quit()
+
+
+@pytest.fixture
+def browser(browser_factory):
+    return browser_factory()

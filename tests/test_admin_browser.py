@@ -3,52 +3,20 @@
 import asyncio
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import websockets
 
 from pubsub.ring import HashRing
+from tests.browsers import needs_chromium
 from tests.conftest import Cluster
 from tests.processes import prepare_database
 
-NO_CHROMIUM = "needs Debian's chromium and chromium-driver on PATH (scripts/test installs them as root or with sudo)"
-pytestmark = [
-    pytest.mark.processes,
-    pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")), reason=NO_CHROMIUM),
-]
+pytestmark = [pytest.mark.processes, needs_chromium]
 
 TOPIC = "topics:matrix"
 LOAD_TIMEOUT = 20
-
-
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip(NO_CHROMIUM)
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1100",
-    ):
-        options.add_argument(flag)
-    session = webdriver.Chrome(service=Service(driver), options=options)
-    yield session
-    session.quit()
 
 
 @pytest.fixture

@@ -149,6 +149,8 @@ class TopicServer:
 
     def _start_heartbeat(self) -> None:
         """Renewed from a thread where the backend allows: a busy server is not a dead one."""
+        if self.leaving:  # stopped while it was still starting
+            return
         self._heartbeat = start_heartbeat(self.transport, "topicserver", self.name, self.liveness_ttl)
 
     async def _stop_heartbeat(self) -> None:
@@ -166,7 +168,8 @@ class TopicServer:
             generation, members = await self.transport.ring_state()
             if self.name not in members and self.generation >= generation:
                 break
-            if not await self.transport.live("topicserver", self.liveness_ttl):
+            # Itself excluded: a run() still starting may have renewed its heartbeat after leave() began.
+            if not set(await self.transport.live("topicserver", self.liveness_ttl)) - {self.name}:
                 # Nobody is left to hand over to (the whole cluster is stopping): what is
                 # still in the inbox waits there for the next server of this name.
                 logger.info("topic server %s: no other topic server is running; stopping", self.name)
@@ -174,7 +177,8 @@ class TopicServer:
             await asyncio.sleep(0.05)
         quiet_since = time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - quiet_since < 3 * self.ring_poll:
-            if await self.transport.last_id(self.inbox) != await self.transport.load_cursor(self.name):
+            # (No cursor yet: a server stopped while starting has served nothing; an empty inbox is quiet.)
+            if await self.transport.last_id(self.inbox) != (await self.transport.load_cursor(self.name) or FIRST_ID):
                 quiet_since = time.monotonic()
             await asyncio.sleep(0.05)
         logger.info("topic server %s: handed its topics over (generation %d)", self.name, self.generation)

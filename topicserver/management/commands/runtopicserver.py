@@ -76,7 +76,9 @@ class Command(BaseCommand):
             raise CommandError(f"{source}: {reason}. Start Redis there, or point {source} at a running one.") from None
         warn_if_development_key(logger)
         members = None if layer.configured_live_ring else list(layer.static_ring.members)
-        server = TopicServer(name, transport, members=members, liveness_ttl=layer.liveness_ttl)
+        server = TopicServer(
+            name, transport, members=members, liveness_ttl=layer.liveness_ttl, presence_window=layer.presence_window
+        )
         if metrics_port is not None:
             start_http_server(metrics_port, addr=metrics_host, registry=topic_server_registry(server))
             logger.info("topic server %s: metrics on http://%s:%d/metrics", name, metrics_host, metrics_port)

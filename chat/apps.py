@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class ChatConfig(AppConfig):
+    """The browser chat served at /chat/: DPS seen from a user's side."""
+
+    name = "chat"
