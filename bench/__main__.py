@@ -7,7 +7,9 @@ Scenarios (each on every stack that applies, measured in the same run so ratios 
 4. idle memory: RSS per idle connection of one node;
 5. the floor: a bare ASGI app on daphne writing one pre-encoded frame to every socket;
 6. chat: many rooms, every client publishing at random, offered load raised until each stack
-   saturates, and a join storm (bench/chat.py).
+   saturates, and a join storm (bench/chat.py);
+7. presence: 1,000 and 10,000 members joining one room at once, diff frames and bytes, DPS against
+   Phoenix's one diff per join (bench/presence.py).
 Prints a table with the ratios, writes bench/results/<time>.json and a PNG plot.
 """
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import websockets
 
-from bench import chat, layer_fanout
+from bench import chat, layer_fanout, presence
 from bench.clients import ClientGroup
 from bench.logs import log
 from bench.stacks import Stack
@@ -244,6 +246,7 @@ def print_report(rows) -> None:
         for row in [r for r in rows if r["scenario"] == "memory"]:
             print(f"{row['stack']:<13} {row['connections']} connections: {row['kb_per_connection']:.1f} KB RSS each")
     chat.print_report(rows)
+    presence.print_report(rows)
 
 
 def plot(rows, path: Path) -> bool:
@@ -289,13 +292,13 @@ def plot(rows, path: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, about 5 minutes (chat alone: about 3)")
-    parser.add_argument("--only", help="comma-separated scenarios: layer,e2e,storm,memory,chat")
+    parser.add_argument("--only", help="comma-separated scenarios: layer,e2e,storm,memory,chat,presence")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit: 10,000 sockets need it
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dps_site.settings")
-    scenarios = set((args.only or "layer,e2e,storm,memory,chat").split(","))
-    unknown = scenarios - {"layer", "e2e", "storm", "memory", "chat"}
+    scenarios = set((args.only or "layer,e2e,storm,memory,chat,presence").split(","))
+    unknown = scenarios - {"layer", "e2e", "storm", "memory", "chat", "presence"}
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}")
     layer_stacks = ["dps", "stock-pubsub", "stock-core"]
@@ -326,6 +329,14 @@ def main() -> None:
         rows += [idle_memory(name, idle) for name in ("dps", "stock-pubsub")]
     if "chat" in scenarios:
         rows += chat.run(["dps", "stock-pubsub", "stock-core"], args.quick)
+    if "presence" in scenarios:
+        for members in [1000] if args.quick else [1000, 10_000]:
+            log(f"presence: {members} members joining at once")
+            stack = Stack("dps", nodes=0)
+            try:
+                rows.append(presence.run(stack.redis.url, members))
+            finally:
+                stack.stop()
     print_report(rows)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -345,9 +345,10 @@ class PhoenixSocket(AsyncConsumer):
         if identified and channel.track_presence:
             await channel.track(channel.presence_meta())
         if identified or (isinstance(params, dict) and params.get("presence") is True):
-            state = await layer.presence_state(channel.topic)
+            state = await layer.presence_state_json(channel.topic)
             if self.joins.get(channel.topic) is channel:
-                await self._push(channel.join_ref, None, channel.topic, "presence_state", state)
+                head = protocol.encode_json([channel.join_ref, None, channel.topic, "presence_state"])
+                await self.send_text(head[:-1] + "," + state + "]")
 
     async def _ask_join(self, channel: Channel, params: Any) -> Reply:
         """The join authorizer, then the class's join: the reply to send."""

@@ -127,6 +127,7 @@ class TopicRingLayer(NodeDelivery, NodePresence, RingFollowing, NodeLiveness, Dr
         self._node_cursor: str | None = None  # the last node-stream entry handled (None: not started yet)
         self._replicas: dict[str, dict[str, dict[str, dict]]] = {}  # topic -> key -> phx_ref -> meta
         self._replica_ready: dict[str, asyncio.Event] = {}
+        self._state_json: dict[str, str] = {}  # topic -> its replica as JSON, until the replica changes
         self._tracked: dict[tuple[str, str], tuple[str, dict]] = {}  # (channel, topic) -> (key, meta)
         self.topic_servers: list = []
 
