@@ -220,3 +220,24 @@ async def test_presence_from_the_http_api_and_from_another_process(cluster, peop
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"num_clients": 3, "num_users": 2}
+
+
+async def test_a_server_joining_moves_presence_without_a_leave_or_a_join(cluster, people):
+    from pubsub.ring import HashRing
+
+    before, after = HashRing(["ts-1", "ts-2"]), HashRing(["ts-1", "ts-2", "ts-3"])
+    topic = next(f"room:moving-{i}" for i in range(1000) if after.owner(f"room:moving-{i}") == "ts-3")
+    assert before.owner(topic) != "ts-3"
+    crowd = [await people.join(f"m{i}", ("ws-a", "ws-b")[i % 2], topic) for i in range(4)]
+    expected = {f"m{i}" for i in range(4)}
+    for person in crowd:
+        await person.until(topic, lambda v: v.keys() == expected, "everyone present")
+    diffs_before = [person.views[topic].diffs for person in crowd]
+    cluster.start_topic_server("ts-3")
+    wait_for_ring(cluster, ["ts-1", "ts-2", "ts-3"], timeout=6 * TTL)
+    await asyncio.gather(*(person.drain(2 * TTL) for person in crowd))
+    assert [person.views[topic].diffs for person in crowd] == diffs_before, "no diff: nobody came or went"
+    late = await people.join("late", "ws-b", topic)
+    expected.add("late")
+    for person in [*crowd, late]:
+        await person.until(topic, lambda v: v.keys() == expected, "the new owner's presence is whole")

@@ -86,6 +86,11 @@ class PresenceTable:
             self.untrack(topic, key, ref)
         return len(gone)
 
+    def forget_topic(self, topic: str) -> None:
+        """Another server owns topic now: drop it, and what was still to announce, without a diff."""
+        self.topics.pop(topic, None)
+        self.pending.pop(topic, None)
+
     def state(self, topic: str) -> dict:
         """``{key: {"metas": [...]}}`` now, for a node that needs the whole list."""
         return {

@@ -442,6 +442,9 @@ class TopicServer:
         for topic in list(self.sequences):  # a topic that changed owner: reload its number when needed
             if previous is None or previous.owner(topic) != self.ring.owner(topic):
                 del self.sequences[topic]
+        for topic in list(self.presence.topics.keys() | self.presence.pending.keys()):
+            if self.ring.owner(topic) != self.name:  # its new owner has it from the nodes' re-announcements
+                self.presence.forget_topic(topic)
         live = set(await self.transport.live("topicserver", self.liveness_ttl))
         for gone in sorted(set(previous.members if previous else ()) - set(members) - live):
             if self.ring.owner(gone) == self.name:
