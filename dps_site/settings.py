@@ -15,6 +15,8 @@ DEFAULT_CHANNEL_CAPACITY = 1000
 DEFAULT_STREAM_MAXLEN = 100_000
 DEFAULT_LIVENESS_TTL = 5.0
 DEFAULT_PRESENCE_WINDOW = 0.1  # seconds a topic's presence changes are gathered into one diff
+DEFAULT_HISTORY_SIZE = 100  # messages kept per topic for recovery (0: none)
+DEFAULT_HISTORY_TTL = 300.0  # seconds a topic's history lives after its last message
 DEFAULT_RING = "live"
 
 
@@ -58,6 +60,9 @@ DPS_STREAM_MAXLEN = _env_number("DPS_STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN)
 DPS_JOIN_AUTHORIZER = os.environ.get("DPS_JOIN_AUTHORIZER") or DEFAULTS["DPS_JOIN_AUTHORIZER"]
 DPS_LIVENESS_TTL = _env_number("DPS_LIVENESS_TTL", DEFAULT_LIVENESS_TTL, float)
 DPS_PRESENCE_WINDOW = _env_number("DPS_PRESENCE_WINDOW", DEFAULT_PRESENCE_WINDOW, float)
+DPS_HISTORY_SIZE = _env_number("DPS_HISTORY_SIZE", DEFAULT_HISTORY_SIZE)
+DPS_HISTORY_TTL = _env_number("DPS_HISTORY_TTL", DEFAULT_HISTORY_TTL, float)
+DPS_RECOVERY_LIMIT = _env_number("DPS_RECOVERY_LIMIT", DEFAULTS["DPS_RECOVERY_LIMIT"])
 DPS_MAX_CONNECTIONS = _env_number("DPS_MAX_CONNECTIONS", DEFAULTS["DPS_MAX_CONNECTIONS"])
 DPS_PUBLISH_RATE = _env_number("DPS_PUBLISH_RATE", DEFAULTS["DPS_PUBLISH_RATE"], float)
 DPS_PUBLISH_BURST = _env_number("DPS_PUBLISH_BURST", DEFAULTS["DPS_PUBLISH_BURST"])
@@ -65,7 +70,7 @@ DPS_MAX_SEND_BUFFER = _env_number("DPS_MAX_SEND_BUFFER", DEFAULTS["DPS_MAX_SEND_
 DPS_SOCKET_AUTH = os.environ.get("DPS_SOCKET_AUTH") or DEFAULTS["DPS_SOCKET_AUTH"]
 # Channel classes by topic: "room:*=chat.channels.Room,*=pubsub.channels.PublishChannel".
 # This site also serves the browser chat (/chat/) on topics chat:<room>.
-DPS_CHANNELS = _env_routes("DPS_CHANNELS", [("chat:*", "chat.channels.ChatRoom"), *DEFAULTS["DPS_CHANNELS"]])
+DPS_CHANNELS = _env_routes("DPS_CHANNELS", [("chat:*", "dps_chat.channels.ChatRoom"), *DEFAULTS["DPS_CHANNELS"]])
 LOGIN_URL = "chat:login"
 DPS_TOKEN_MAX_AGE = _env_number("DPS_TOKEN_MAX_AGE", DEFAULTS["DPS_TOKEN_MAX_AGE"], float)
 DPS_API_KEY = os.environ.get("DPS_API_KEY", "")  # unset: no HTTP API (/api/ is 404)
@@ -94,7 +99,7 @@ INSTALLED_APPS = [
     "channels",
     "pubsub",
     "topicserver",
-    "chat",
+    "dps_chat",
 ]
 
 MIDDLEWARE = [
@@ -148,6 +153,8 @@ CHANNEL_LAYERS = {
             "stream_maxlen": DPS_STREAM_MAXLEN,
             "liveness_ttl": DPS_LIVENESS_TTL,
             "presence_window": DPS_PRESENCE_WINDOW,
+            "history_size": DPS_HISTORY_SIZE,
+            "history_ttl": DPS_HISTORY_TTL,
             "live_ring": DPS_LIVE_RING,
         },
     }

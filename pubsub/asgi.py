@@ -70,6 +70,7 @@ def phoenix_socket():
         publish_rate=setting("DPS_PUBLISH_RATE"),
         publish_burst=setting("DPS_PUBLISH_BURST"),
         max_send_buffer=setting("DPS_MAX_SEND_BUFFER"),
+        recovery_limit=setting("DPS_RECOVERY_LIMIT"),
         socket_auth=SocketAuth(setting("DPS_SOCKET_AUTH"), max_age=setting("DPS_TOKEN_MAX_AGE")),
         channel_routes=ChannelRoutes(setting("DPS_CHANNELS")),
     )

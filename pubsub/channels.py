@@ -71,6 +71,9 @@ class Channel:
         self.topic = topic
         self.join_ref = join_ref
         self.encoded_ref = protocol.encode_json(join_ref)  # prefixed to every broadcast this join receives
+        self.recovering = False  # joined with "recover": broadcasts carry the ref "<epoch>:<seq>"
+        self.held: list[dict] | None = None  # live broadcasts held while its missed ones are replayed
+        self.last_seq = 0  # the last numbered broadcast sent to this join
         self.assigns: dict[str, Any] = dict(socket.identity.assigns)
 
     @property

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "DPS_PUBLISH_RATE": 50.0,  # client events per second per socket, sustained
     "DPS_PUBLISH_BURST": 200,
     "DPS_MAX_SEND_BUFFER": 1024 * 1024,  # unsent bytes per socket before a slow reader is cut off
+    "DPS_RECOVERY_LIMIT": 300,  # missed messages a rejoining socket may recover, at most
     "DPS_SOCKET_AUTH": "optional",
     "DPS_TOKEN_MAX_AGE": 86400.0,
     "DPS_ALLOWED_ORIGINS": None,  # None: the hosts of ALLOWED_HOSTS

@@ -24,6 +24,7 @@ from pubsub.channels import Channel, Reply, Stop
 from pubsub.exceptions import ProtocolError, TransportError
 from pubsub.fastlane import send_nowait
 from pubsub.publishing import BROADCAST_TYPE, broadcast  # broadcast stays importable from here
+from pubsub.recovery import after_for, decide, frame_with_ref, recover_param
 from pubsub.socket_auth import Identity, Refused, SocketAuth
 from pubsub.throttle import TokenBucket
 
@@ -76,6 +77,7 @@ class PhoenixSocket(AsyncConsumer):
         publish_rate: float = 0.0,
         publish_burst: int = 200,
         max_send_buffer: int = 0,
+        recovery_limit: int = 300,
         socket_auth: SocketAuth | None = None,
         channel_routes: ChannelRoutes | None = None,
     ):
@@ -89,6 +91,7 @@ class PhoenixSocket(AsyncConsumer):
         self.max_connections = max_connections
         self.publishes = TokenBucket(publish_rate, publish_burst) if publish_rate > 0 else None
         self.max_send_buffer = max_send_buffer
+        self.recovery_limit = recovery_limit
         self.socket_auth = socket_auth
         self.channel_routes = channel_routes or _default_routes()
         self.identity = Identity()
@@ -163,6 +166,7 @@ class PhoenixSocket(AsyncConsumer):
         if hasattr(self.channel_layer, "register_fastlane"):
             self.channel_layer.register_fastlane(self.channel_name, self._fastlane)
             self.channel_layer.register_closer(self.channel_name, self._close_for_drain)
+            self.channel_layer.register_gap_handler(self.channel_name, self._on_lost_messages)
             if self.identity.name is not None:  # pubsub.disconnect(identity) closes it, on any node
                 self.channel_layer.register_identity(self.channel_name, self.identity.name)
         self._touch()
@@ -238,7 +242,9 @@ class PhoenixSocket(AsyncConsumer):
         join = self.joins.get(message["topic"])
         # The topic may have been left while the message was queued; broadcast_from skips its sender.
         if join is not None and message.get("except") != self.channel_name:
-            await self.send_text(protocol.frame_from_tail(join.encoded_ref, message["tail"]))
+            text = self._frame_for(join, message)
+            if text is not None:
+                await self.send_text(text)
 
     def _fastlane(self, message: dict) -> bool:
         """The layer's direct path for broadcasts: one string concatenation and a write, no task."""
@@ -250,12 +256,38 @@ class PhoenixSocket(AsyncConsumer):
         watch = self._write_watch
         if watch is not None and slow_reader_guard(self.max_send_buffer).check_now(watch):
             return True  # cut off as too slow: the client reconnects (and, with history, recovers)
-        text = protocol.frame_from_tail(join.encoded_ref, message["tail"])
+        text = self._frame_for(join, message)
+        if text is None:
+            return True
         try:
             send_nowait(self.base_send, {"type": "websocket.send", "text": text})
         except Disconnected:
             self.closed = True
         return True
+
+    @staticmethod
+    def _frame_for(join: Channel, message: dict) -> str | None:
+        """The frame of a broadcast for one join: its join_ref, and for a recovering join the ref
+        "<epoch>:<seq>". None: held (its missed messages are being replayed) or already sent."""
+        if not join.recovering:
+            return protocol.frame_from_tail(join.encoded_ref, message["tail"])
+        if join.held is not None:
+            join.held.append(message)
+            return None
+        seq = message.get("seq")
+        if not seq:  # not numbered (a presence change)
+            return protocol.frame_from_tail(join.encoded_ref, message["tail"])
+        if seq <= join.last_seq:
+            return None
+        join.last_seq = seq
+        return frame_with_ref(join.encoded_ref, message["epoch"], seq, message["tail"])
+
+    def _on_lost_messages(self, topic: str) -> None:
+        """The node lost messages of topic its history could not give back: a recovering join errors,
+        so phoenix.js rejoins with its last position and recovers (or learns it cannot)."""
+        join = self.joins.get(topic)
+        if join is not None and join.recovering:
+            asyncio.ensure_future(self._close_channel(join, "phx_error", "gap"))
 
     def _watch_writes(self) -> None:
         """Meter this socket's unsent bytes (daphne only); too slow a reader is closed with 4008."""
@@ -315,6 +347,13 @@ class PhoenixSocket(AsyncConsumer):
         elif len(self.joins) >= self.max_channels:
             await self._reply(frame.join_ref, frame.ref, topic, "error", {"reason": "too many channels joined"})
             return
+        try:
+            position = recover_param(frame.payload)
+        except ValueError as exc:
+            if previous is not None:
+                await self.channel_layer.group_discard(topic, self.channel_name)
+            await self._reply(frame.join_ref, frame.ref, topic, "error", {"reason": str(exc)})
+            return
         channel = channel_class(self, topic, frame.join_ref)
         reply = await self._ask_join(channel, frame.payload)
         if reply.status != "ok":
@@ -326,7 +365,10 @@ class PhoenixSocket(AsyncConsumer):
         await self.channel_layer.group_add(topic, self.channel_name)
         self.joins[topic] = channel
         self.count("joins")
-        await self._reply(frame.join_ref, frame.ref, topic, "ok", reply.response)
+        if position is None:
+            await self._reply(frame.join_ref, frame.ref, topic, "ok", reply.response)
+        else:
+            await self._join_recovering(channel, frame, reply, position)
         try:
             await self._join_presence(channel, frame.payload)
             await _called(channel.after_join)
@@ -334,6 +376,33 @@ class PhoenixSocket(AsyncConsumer):
             raise
         except Exception:
             await self._crash(channel, "after_join")
+
+    async def _join_recovering(self, channel: Channel, frame: protocol.Frame, reply: Reply, position) -> None:
+        """Reply ok with {epoch, seq, recovered}; then the missed messages, then the live ones held
+        meanwhile (subscribed before the history was read, so none falls between the two)."""
+        channel.recovering, channel.held = True, []
+        try:
+            answer = await self.channel_layer.history_after(channel.topic, after_for(position))
+        except (TransportError, AttributeError) as exc:  # no owner answering (or a layer without history)
+            logger.warning("no history of %s for a recovering join: %s", channel.topic, exc)
+            answer = {"epoch": "", "seq": 0, "messages": []}
+        recovered, missed = decide(position, answer, self.recovery_limit)
+        self.count("recoveries" if recovered else "recoveries_refused" if position is not True else "recover_starts")
+        response = {**(reply.response or {}), "epoch": answer["epoch"], "seq": answer["seq"], "recovered": recovered}
+        await self._reply(frame.join_ref, frame.ref, channel.topic, "ok", response)
+        # Not recovered: the client reloads up to "seq"; recovered: it has everything up to its position.
+        channel.last_seq = position.seq if recovered else answer["seq"]
+        for seq, message in missed:
+            if "tail" in message:
+                await self.send_text(frame_with_ref(channel.encoded_ref, answer["epoch"], seq, message["tail"]))
+            channel.last_seq = seq
+        while channel.held:  # what arrived while replaying; _frame_for drops what was replayed
+            held, channel.held = channel.held, None
+            texts = [text for text in map(lambda message: self._frame_for(channel, message), held) if text]
+            channel.held = []  # (no await above: nothing arrived while it was None)
+            for text in texts:
+                await self.send_text(text)
+        channel.held = None
 
     async def _join_presence(self, channel: Channel, params: Any) -> None:
         """Track an identified join, then push the topic's presence_state (to identified sockets,

@@ -14,9 +14,12 @@ Inbox of a topic server (``dps:ts:{name}``):
                                   its unique phx_ref; quiet: a re-announcement clients already know
     ["untrack", topic, node, key, phx_ref]     that meta left
     ["plist", topic, reply_key]   who is present in topic? (the answer goes to reply_key, see put_reply)
+    ["hist", topic, reply_key, after]   topic's kept messages after seq `after`, its epoch and last seq
 
 Stream of a websocket node (``dps:node:{name}``):
-    ["msg", topic, seq, message]  one per node per published message, seq per topic from 1
+    ["msg", topic, seq, message, epoch]  one per node per published message, seq per topic from 1;
+                                  epoch: the topic's history epoch ("" with history off); seq 0:
+                                  not numbered (a presence change, which history does not keep)
     ["send", channel, message]    a send() to one channel living on this node
     ["gadd", group, channel] / ["gdiscard", group, channel]   group changes for a channel of this node
     ["owner", server, token, gen] a topic server (re)started or gained topics: adopt ring generation
@@ -24,7 +27,7 @@ Stream of a websocket node (``dps:node:{name}``):
     ["dropped", server]           server forgot this node's members (its heartbeat had expired):
                                   a node that reads this is alive, and re-announces them
     ["pstate", topic, state]      topic's whole presence, for a node that (re)subscribed; presence
-                                  changes come as "msg" entries (a dps.presence message) in sequence
+                                  changes come as "msg" entries (a dps.presence message), in order
 
 The message itself is encoded once by the publisher; the owner only wraps it.
 """
@@ -49,9 +52,10 @@ INBOX_OPS = {
     "track": (str, str, str, dict, bool),
     "untrack": (str, str, str, str),
     "plist": (str, str),
+    "hist": (str, str, int),
 }
 NODE_OPS = {
-    "msg": (str, int, bytes),
+    "msg": (str, int, bytes, str),
     "send": (str, bytes),
     "gadd": (str, str),
     "gdiscard": (str, str),

@@ -35,6 +35,7 @@ from pubsub.exceptions import ChannelFull, ConfigurationError, TransportError
 from pubsub.heartbeat import HeartbeatThread
 from pubsub.mailbox import Mailbox
 from pubsub.node_delivery import NodeDelivery
+from pubsub.node_history import NodeHistory
 from pubsub.node_liveness import NodeLiveness
 from pubsub.node_presence import NodePresence
 from pubsub.protocol import valid_topic
@@ -51,7 +52,9 @@ logger = logging.getLogger(__name__)
 NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class TopicRingLayer(NodeDelivery, NodePresence, RingFollowing, NodeLiveness, Draining, NodeControl, BaseChannelLayer):
+class TopicRingLayer(
+    NodeDelivery, NodePresence, NodeHistory, RingFollowing, NodeLiveness, Draining, NodeControl, BaseChannelLayer
+):
     """A drop-in Channels layer (extensions: groups, flush) backed by topic servers on a hash ring.
 
     With no transport (no ``redis_url``) it runs embedded: an in-memory transport
@@ -72,6 +75,8 @@ class TopicRingLayer(NodeDelivery, NodePresence, RingFollowing, NodeLiveness, Dr
         stream_maxlen: int = 100_000,
         liveness_ttl: float = 5.0,
         presence_window: float = 0.1,
+        history_size: int = 100,
+        history_ttl: float = 300.0,
         live_ring: bool = True,
         drain_on_sigterm: bool = False,
     ):
@@ -86,6 +91,7 @@ class TopicRingLayer(NodeDelivery, NodePresence, RingFollowing, NodeLiveness, Dr
         self.stream_maxlen = stream_maxlen
         self.liveness_ttl = liveness_ttl
         self.presence_window = presence_window  # what topic servers coalesce presence changes over
+        self.history_size, self.history_ttl = history_size, history_ttl  # what topic servers keep per topic
         self.drain_on_sigterm = drain_on_sigterm
         self.ring_poll = min(1.0, liveness_ttl / 4)
         self.static_ring = self.ring
@@ -128,6 +134,7 @@ class TopicRingLayer(NodeDelivery, NodePresence, RingFollowing, NodeLiveness, Dr
         self._replicas: dict[str, dict[str, dict[str, dict]]] = {}  # topic -> key -> phx_ref -> meta
         self._replica_ready: dict[str, asyncio.Event] = {}
         self._state_json: dict[str, str] = {}  # topic -> its replica as JSON, until the replica changes
+        self._gap_handlers: dict[str, Callable[[str], None]] = {}
         self._tracked: dict[tuple[str, str], tuple[str, dict]] = {}  # (channel, topic) -> (key, meta)
         self.topic_servers: list = []
 
@@ -279,6 +286,7 @@ class TopicRingLayer(NodeDelivery, NodePresence, RingFollowing, NodeLiveness, Dr
         self._mailboxes.pop(channel, None)
         self._fastlanes.pop(channel, None)
         self._closers.pop(channel, None)
+        self._gap_handlers.pop(channel, None)
         self._forget_identity(channel)
         self.untrack_channel(channel)
 
@@ -350,19 +358,21 @@ class TopicRingLayer(NodeDelivery, NodePresence, RingFollowing, NodeLiveness, Dr
             self._publisher = (loop, transport, time.monotonic(), ring)
         return transport, ring
 
-    async def ask_owner(self, topic: str, request: str, timeout: float = 5.0) -> Any:
-        """Ask topic's owner (``request`` is an inbox op taking (topic, reply key)); its decoded answer.
-        From any code, like group_send: through the node where it runs, else on this loop's connection."""
+    async def ask_owner(self, topic: str, request: str, *args, timeout: float = 5.0) -> Any:
+        """Ask topic's owner (``request`` is an inbox op taking (topic, reply key, *args)); its decoded
+        answer. From any code, like group_send: through the node where it runs, else on this loop's connection."""
         home = self._loop
         if home is not None and home.is_running() and home is not asyncio.get_running_loop():
-            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.ask_owner(topic, request), home))
+            return await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self.ask_owner(topic, request, *args, timeout=timeout), home)
+            )
         if self.embedded or self._running_here():
             await self._ensure_started()
             transport, ring = self.transport, self.ring
         else:
             transport, ring = await self._publisher_here()
         key = f"dps:reply:{self._origin_prefix}{secrets.token_hex(8)}"
-        await transport.append(inbox_stream(ring.owner(topic)), entries.pack(request, topic, key))
+        await transport.append(inbox_stream(ring.owner(topic)), entries.pack(request, topic, key, *args))
         answer = await transport.take_reply(key, timeout)
         if answer is None:
             raise TransportError(f"the owner of {topic} did not answer within {timeout:.0f}s")
@@ -473,6 +483,8 @@ class TopicRingLayer(NodeDelivery, NodePresence, RingFollowing, NodeLiveness, Dr
                         members=self.ring.members,
                         liveness_ttl=self.liveness_ttl,
                         presence_window=self.presence_window,
+                        history_size=self.history_size,
+                        history_ttl=self.history_ttl,
                     )
                     for name in self.ring.members
                 ]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from pubsub import entries
 from pubsub.exceptions import TransportError
+from pubsub.publishing import BROADCAST_TYPE
 from pubsub.tasks import raise_if_cancelling
 from pubsub.transport.base import node_stream
 from topicserver.presence import PRESENCE_TYPE
@@ -77,8 +78,11 @@ class NodeDelivery:
     async def _handle_node_entry(self, fields: list) -> None:
         op = fields[0]
         if op == "msg":
-            _, topic, seq, blob = fields
-            self._deliver_to_group(topic, seq, blob)
+            _, topic, seq, blob, epoch = fields
+            last = self._last_seq.get(topic)
+            if seq and last is not None and seq > last + 1 and topic in self._groups:
+                await self._fill_gap(topic, last, seq)
+            self._deliver_to_group(topic, seq, blob, epoch)
         elif op == "send":
             _, channel, blob = fields
             if not self._mailbox(channel).put(entries.unpack_message(blob)):
@@ -104,20 +108,24 @@ class NodeDelivery:
             logger.warning("node %s: topic server %s had taken this node for dead; announcing again", self.node, server)
             await self._tell_owners("sub", [group for group in self._groups if self.ring.owner(group) == server])
 
-    def _deliver_to_group(self, topic: str, seq: int, blob: bytes) -> None:
+    def _deliver_to_group(self, topic: str, seq: int, blob: bytes, epoch: str = "") -> None:
         members = self._groups.get(topic)
         if not members:
             return
-        last = self._last_seq.get(topic)
-        if last is not None:
-            if seq <= last:  # a retried append of the owner's: already delivered
-                self.stats["duplicates"] += 1
-                return
-            if seq != last + 1:
-                self.stats["sequence_gaps"] += 1
-                logger.warning("node %s: topic %s jumped from seq %d to %d", self.node, topic, last, seq)
-        self._last_seq[topic] = seq
+        if seq:  # 0: not numbered (a presence change)
+            last = self._last_seq.get(topic)
+            if last is not None:
+                if seq <= last:  # a retried append of the owner's: already delivered
+                    self.stats["duplicates"] += 1
+                    return
+                if seq != last + 1:
+                    self.stats["sequence_gaps"] += 1
+                    logger.warning("node %s: topic %s jumped from seq %d to %d", self.node, topic, last, seq)
+                    self._unrecoverable_gap(topic)
+            self._last_seq[topic] = seq
         message = entries.unpack_message(blob)
+        if seq and message.get("type") == BROADCAST_TYPE:  # DPS's own message type: other types stay as sent
+            message["seq"], message["epoch"] = seq, epoch  # a recovering socket's ref: "<epoch>:<seq>"
         if message.get("type") == PRESENCE_TYPE:
             message = self._on_presence_change(topic, message)
             if message is None:  # a quiet change: only the replica needed it

@@ -32,24 +32,24 @@ async def assert_nothing(layer, channel, wait=0.2):
 class CountingTransport:
     """A real transport, counting the streams it appends to (what Redis XADDs would be)."""
 
-    def __init__(self, transport, appends):
+    def __init__(self, transport, appended):
         self.transport = transport
-        self.appends = appends
+        self.appended = appended
 
     def __getattr__(self, name):
         return getattr(self.transport, name)
 
     async def append(self, stream, data):
-        self.appends.append(stream)
+        self.appended.append(stream)
         await self.transport.append(stream, data)
 
     async def append_many(self, items):
-        self.appends.extend(stream for stream, _ in items)
+        self.appended.extend(stream for stream, _ in items)
         await self.transport.append_many(items)
 
-    async def commit_batch(self, server, sequences, stamps, appends, cursor):
-        self.appends.extend(stream for stream, _ in appends)
-        await self.transport.commit_batch(server, sequences, stamps, appends, cursor)
+    async def commit_batch(self, server, sequences, stamps, appends, cursor, history=None):
+        self.appended.extend(stream for stream, _ in appends)
+        await self.transport.commit_batch(server, sequences, stamps, appends, cursor, history)
 
 
 @pytest.fixture(scope="module")
@@ -252,13 +252,13 @@ async def test_cross_node_group_send_is_one_append_per_node(two_nodes):
         await a.group_add("room:1", channel)
     for channel in b_members:
         await b.group_add("room:1", channel)
-    transport.appends.clear()
+    transport.appended.clear()
     await a.group_send("room:1", {"type": "m", "text": "hello"})
     for layer, members in ((a, a_members), (b, b_members)):
         for channel in members:
             assert await receive(layer, channel) == {"type": "m", "text": "hello"}
-    inbox = [s for s in transport.appends if s.startswith("dps:ts:")]
-    nodes = sorted(s for s in transport.appends if s.startswith("dps:node:"))
+    inbox = [s for s in transport.appended if s.startswith("dps:ts:")]
+    nodes = sorted(s for s in transport.appended if s.startswith("dps:node:"))
     assert inbox == [f"dps:ts:{{{a.ring.owner('room:1')}}}"]
     assert nodes == ["dps:node:{ws-a}", "dps:node:{ws-b}"]
 
@@ -316,10 +316,10 @@ async def test_last_member_leaving_unsubscribes_the_node(two_nodes):
     await b.group_discard("bye", channel)
     owner = next(s for s in servers if s.name == a.ring.owner("bye"))
     await asyncio.wait_for(_until(lambda: "bye" not in owner.topics), RECEIVE_TIMEOUT)
-    transport.appends.clear()
+    transport.appended.clear()
     await a.group_send("bye", {"type": "m"})
     await asyncio.sleep(0.1)
-    assert not [s for s in transport.appends if s.startswith("dps:node:")]
+    assert not [s for s in transport.appended if s.startswith("dps:node:")]
 
 
 async def _until(predicate, interval=0.01):

@@ -41,7 +41,7 @@ from pubsub.heartbeat import HeartbeatThread, start_heartbeat, stop_heartbeat
 from pubsub.rates import RateMeter
 from pubsub.ring import HashRing
 from pubsub.tasks import raise_if_cancelling, stop_tasks
-from pubsub.transport.base import FIRST_ID, Transport, inbox_stream, node_stream
+from pubsub.transport.base import FIRST_ID, History, Transport, inbox_stream, node_stream
 from topicserver.presence import PresenceTable
 
 __all__ = ["TopicServer", "IDEMPOTENCY_PREFIX", "IDEMPOTENCY_WINDOW"]
@@ -85,6 +85,8 @@ class TopicServer:
         batch_size: int = 512,
         block_ms: int = 1000,
         presence_window: float = 0.1,
+        history_size: int = 100,
+        history_ttl: float = 300.0,
     ):
         """members: the static ring; None for a live ring built from the registered topic servers."""
         self.name = name
@@ -113,6 +115,11 @@ class TopicServer:
         self.presence = PresenceTable(presence_window)
         self._state_wanted: set[tuple[str, str]] = set()  # (topic, node) to send the whole presence to
         self._replies: list[tuple[str, bytes]] = []  # (reply key, answer) to requests of this batch
+        self.history_size = history_size  # 0: no history, no epochs
+        self.history_ttl = history_ttl
+        self._history_epochs: dict[str, tuple[str, float]] = {}  # topic -> (epoch, checked at)
+        self._kept: list[tuple[str, int, bytes]] = []  # this batch's messages for the histories
+        self._history_asks: list[tuple[str, str, int]] = []  # (topic, reply key, after seq)
         self.stats: Counter[str] = Counter()
         self.started_at = time.time()
         self.inbox_lag = 0.0
@@ -281,6 +288,7 @@ class TopicServer:
         if unknown:  # (not yet numbered topics are cached as 0, so they are asked for once)
             loaded = await self.transport.load_sequences(unknown)
             self.sequences.update({topic: loaded.get(topic, 0) for topic in unknown})
+        await self._load_history_epochs({f[1] for _, _, f in decoded if f[0] in ("pub", "fwd")})
         outgoing: list[tuple[str, bytes]] = []
         touched: dict[str, int] = {}
         stamped: dict[str, int] = {}
@@ -294,13 +302,54 @@ class TopicServer:
             if node in self.topics.get(topic, ()):
                 outgoing.append((node_stream(node), entries.pack("pstate", topic, self.presence.state(topic))))
         self._state_wanted.clear()
-        await self._commit(touched, stamped, outgoing, batch[-1][0])
+        kept, self._kept = self._kept, []
+        history = History(kept, self.history_size, self.history_ttl) if kept else None
+        await self._commit(touched, stamped, outgoing, batch[-1][0], history)
+        await self._answer_history_asks()
         replies, self._replies = self._replies, []
         for key, answer in replies:
             try:
                 await self.transport.put_reply(key, answer, _REPLY_TTL)
             except TransportError as exc:  # the asker times out and says so
                 logger.warning("topic server %s: answering %s failed: %s", self.name, key, exc)
+
+    async def _load_history_epochs(self, topics) -> None:
+        """Know each published topic's history epoch; asked again after half a TTL (the history,
+        and with it the epoch, expires after a TTL without messages)."""
+        if not self.history_size:
+            return
+        now = time.monotonic()
+        stale = [
+            topic
+            for topic in topics
+            if self.owner(topic) == self.name
+            and (topic not in self._history_epochs or now - self._history_epochs[topic][1] > self.history_ttl / 2)
+        ]
+        if stale:
+            epochs = await self.transport.history_epochs(stale, self.history_ttl)
+            self._history_epochs.update({topic: (epoch, now) for topic, epoch in epochs.items()})
+
+    async def _answer_history_asks(self) -> None:
+        """``{"epoch", "seq", "first", "messages": [[seq, message], ...]}`` after each asker's seq."""
+        asks, self._history_asks = self._history_asks, []
+        if asks:
+            await self._load_history_epochs({topic for topic, _, _ in asks})
+        for topic, key, after in asks:
+            kept = {}
+            if self.history_size:
+                try:
+                    kept = dict(await self.transport.history(topic))  # repeats of a retried commit fold
+                except TransportError as exc:
+                    logger.warning("topic server %s: reading the history of %s failed: %s", self.name, topic, exc)
+            if topic not in self.sequences:
+                self.sequences[topic] = (await self.transport.load_sequences([topic])).get(topic, 0)
+            answer = {
+                "epoch": self._history_epochs.get(topic, ("", 0))[0],
+                "seq": self.sequences.get(topic, 0),
+                "first": min(kept) if kept else None,
+                "messages": [[seq, kept[seq]] for seq in sorted(kept) if seq > after],
+            }
+            self._replies.append((key, entries.pack_message(answer)))
 
     def _read_block_ms(self) -> int:
         """Wait for entries no longer than until the next presence diff is due."""
@@ -310,34 +359,28 @@ class TopicServer:
         return max(1, min(self.block_ms, int((due - time.monotonic()) * 1000) + 1))
 
     async def _announce_presence(self, cursor: str) -> None:
-        """Send each topic's coalesced presence diff whose window has passed, numbered like a message."""
+        """Send each topic's coalesced presence diff whose window has passed, in order with its messages."""
         due = self.presence.due()
         if not due:
             return
-        unknown = [topic for topic, _ in due if topic not in self.sequences]
-        if unknown:
-            loaded = await self.transport.load_sequences(unknown)
-            self.sequences.update({topic: loaded.get(topic, 0) for topic in unknown})
         outgoing: list[tuple[str, bytes]] = []
-        touched: dict[str, int] = {}
         for topic, diff in due:
             nodes = self.topics.get(topic)
             if not nodes:
                 continue
-            seq = self.sequences[topic] = self.sequences.get(topic, 0) + 1
-            touched[topic] = seq
-            message = entries.pack("msg", topic, seq, entries.pack_message(diff.as_message()))
+            # Not numbered (seq 0): history keeps messages only, and a diff is no gap in them.
+            message = entries.pack("msg", topic, 0, entries.pack_message(diff.as_message()), "")
             outgoing.extend((node_stream(node), message) for node in nodes)
             self.stats["presence_diffs"] += 1
         if outgoing:
-            await self._commit(touched, {}, outgoing, cursor)
+            await self._commit({}, {}, outgoing, cursor)
 
-    async def _commit(self, touched, stamped, outgoing, cursor) -> None:
+    async def _commit(self, touched, stamped, outgoing, cursor, history=None) -> None:
         """Commit, retrying a while; a retry may repeat entries, which nodes and owners drop as
         repeats (sequence numbers, origins). What still fails is counted, logged, and seen as a gap."""
         for delay in _SEND_RETRY_DELAYS:
             try:
-                await self.transport.commit_batch(self.name, touched, stamped, outgoing, cursor)
+                await self.transport.commit_batch(self.name, touched, stamped, outgoing, cursor, history)
                 return
             except TransportError as exc:
                 error = exc
@@ -425,6 +468,7 @@ class TopicServer:
         so for one TTL nobody counts as dead and no ring is proposed."""
         epoch = await self.transport.epoch()
         if epoch != self.epoch:
+            self._history_epochs.clear()  # lost with Redis: every topic's history starts a new epoch
             if self.epoch:
                 logger.warning("topic server %s: Redis restarted empty; trusting no registry for a TTL", self.name)
                 self._trust_registry_after = time.monotonic() + self.liveness_ttl
@@ -476,7 +520,7 @@ class TopicServer:
                     continue
                 if fields[0] in ("pub", "fwd"):
                     outgoing.append(self._forward(fields, stamps.get(entry_id, 0)))
-                elif fields[0] in ("sub", "unsub"):
+                elif fields[0] in ("sub", "unsub", "track", "untrack", "plist", "hist"):  # (not "hello")
                     outgoing.append((inbox_stream(self.owner(fields[1])), data))
             if outgoing:
                 await self.transport.append_many(outgoing)
@@ -592,17 +636,20 @@ class TopicServer:
             if op == "fwd":
                 stamp = fields[3] or stamp
             self.stats["published"] += 1
-            nodes = self.topics.get(topic)
-            if not nodes:  # a topic nobody holds needs no sequence number: nobody would see it
+            nodes = self.topics.get(topic, ())
+            if not nodes and not self.history_size:  # nobody would see it, and nobody could ask for it later
                 return
             seq = stamp or self.sequences.get(topic, 0) + 1
             self.sequences[topic] = max(seq, self.sequences.get(topic, 0))
             touched[topic] = self.sequences[topic]
             stamped[entry_id] = seq
-            message = entries.pack("msg", topic, seq, fields[2])
+            epoch = self._history_epochs.get(topic, ("", 0))[0]
+            message = entries.pack("msg", topic, seq, fields[2], epoch)
             outgoing.extend((node_stream(node), message) for node in nodes)
+            if self.history_size:
+                self._kept.append((topic, seq, fields[2]))
             self.stats["node_messages"] += len(nodes)
-        elif op in ("sub", "unsub", "track", "untrack", "plist"):
+        elif op in ("sub", "unsub", "track", "untrack", "plist", "hist"):
             topic = fields[1]
             if self.owner(topic) != self.name:
                 outgoing.append((inbox_stream(self.owner(topic)), data))
@@ -622,8 +669,10 @@ class TopicServer:
             elif op == "untrack":
                 _, _, _, key, ref = fields
                 self.presence.untrack(topic, key, ref)
-            else:
+            elif op == "plist":
                 self._replies.append((fields[2], entries.pack_message(self.presence.state(topic))))
+            else:
+                self._history_asks.append((topic, fields[2], fields[3]))
         elif op == "hello":
             self.drop_node(fields[1])
 

@@ -7,9 +7,11 @@ implement this: Redis streams (a cluster) and in-memory (the embedded default).
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Transport", "inbox_stream", "node_stream", "FIRST_ID"]
+__all__ = ["Transport", "History", "inbox_stream", "node_stream", "new_epoch", "FIRST_ID"]
 
 FIRST_ID = "0-0"
 
@@ -22,6 +24,20 @@ def inbox_stream(server: str) -> str:
 def node_stream(node: str) -> str:
     """A websocket node's delivery stream."""
     return f"dps:node:{{{node}}}"
+
+
+@dataclass
+class History:
+    """What a batch adds to its topics' histories: the last ``size`` messages for ``ttl`` seconds."""
+
+    messages: list[tuple[str, int, bytes]]  # (topic, seq, message)
+    size: int
+    ttl: float
+
+
+def new_epoch() -> str:
+    """A history's epoch: random, never all digits (it is part of a ref phoenix.js compares)."""
+    return "e" + secrets.token_hex(4)
 
 
 class Transport(Protocol):
@@ -90,9 +106,22 @@ class Transport(Protocol):
         """inbox entry id -> sequence number of a batch that was not fully committed."""
 
     async def commit_batch(
-        self, server: str, sequences: dict[str, int], stamps: dict[str, int], appends: list, cursor: str
+        self,
+        server: str,
+        sequences: dict[str, int],
+        stamps: dict[str, int],
+        appends: list,
+        cursor: str,
+        history: History | None = None,
     ) -> None:
-        """Sequences and stamps, then the appends, then the cursor: a crash leaves a prefix of these."""
+        """Sequences and stamps, the history, then the appends, then the cursor: a crash leaves a
+        prefix of these (so a message a node received is in the history its owner reads)."""
+
+    async def history_epochs(self, topics: list[str], ttl: float) -> dict[str, str]:
+        """Each topic's history epoch, made (random) if it has none: new whenever its history was lost."""
+
+    async def history(self, topic: str) -> list[tuple[int, bytes]]:
+        """A topic's kept messages, (seq, message) oldest first (possibly with repeats of a retried commit)."""
 
     async def set_cursor(self, server: str, cursor: str) -> None: ...
 

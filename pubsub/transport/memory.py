@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import deque
 
-from pubsub.transport.base import FIRST_ID
+from pubsub.transport.base import FIRST_ID, History, new_epoch
 
 __all__ = ["MemoryTransport"]
 
@@ -40,6 +40,8 @@ class MemoryTransport:
         self._cursors: dict[str, str] = {}
         self._stamps: dict[str, dict[str, int]] = {}
         self._replies: dict[str, asyncio.Future] = {}
+        self._histories: dict[str, tuple[deque, float]] = {}  # topic -> (seq, message) kept, expiry
+        self._history_epochs: dict[str, tuple[str, float]] = {}
 
     def forget_waiters(self) -> None:
         """Drop blocked readers of an event loop that has ended (the streams themselves stay)."""
@@ -167,11 +169,42 @@ class MemoryTransport:
     async def load_stamps(self, server: str) -> dict[str, int]:
         return dict(self._stamps.get(server, {}))
 
-    async def commit_batch(self, server, sequences, stamps, appends, cursor) -> None:
+    async def commit_batch(self, server, sequences, stamps, appends, cursor, history=None) -> None:
         self._sequences.update(sequences)
+        if history is not None:
+            self._keep(history)
         for stream, data in appends:
             self._append(stream, data)
         self._cursors[server] = cursor
+
+    def _keep(self, history: History) -> None:
+        expires = time.monotonic() + history.ttl
+        for topic, seq, message in history.messages:
+            kept = self._histories.get(topic)
+            if kept is None or kept[1] < time.monotonic():
+                kept = (deque(maxlen=history.size), expires)
+            kept[0].append((seq, message))
+            self._histories[topic] = (kept[0], expires)
+            epoch = self._history_epochs.get(topic)
+            if epoch is not None:
+                self._history_epochs[topic] = (epoch[0], expires)
+
+    async def history_epochs(self, topics: list[str], ttl: float) -> dict[str, str]:
+        now = time.monotonic()
+        out = {}
+        for topic in topics:
+            epoch = self._history_epochs.get(topic)
+            if epoch is None or epoch[1] < now:
+                epoch = self._history_epochs[topic] = (new_epoch(), now + ttl)
+                self._histories.pop(topic, None)
+            out[topic] = epoch[0]
+        return out
+
+    async def history(self, topic: str) -> list[tuple[int, bytes]]:
+        kept = self._histories.get(topic)
+        if kept is None or kept[1] < time.monotonic():
+            return []
+        return list(kept[0])
 
     async def set_cursor(self, server: str, cursor: str) -> None:
         self._cursors[server] = cursor

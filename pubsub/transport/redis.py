@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pubsub.exceptions import TransportError
-from pubsub.transport.base import FIRST_ID
+from pubsub.transport.base import FIRST_ID, History, new_epoch
 from pubsub.transport.coalescer import AppendCoalescer
 
 __all__ = ["RedisTransport", "REGISTRY_KEYS"]
@@ -60,6 +60,14 @@ return current + 1
 
 def _barrier_key(server: str) -> str:
     return f"dps:barrier:{{{server}}}"
+
+
+def _history_key(topic: str) -> str:
+    return f"dps:hist:{{{topic}}}"
+
+
+def _history_epoch_key(topic: str) -> str:
+    return f"dps:hepoch:{{{topic}}}"
 
 
 def _cursor_key(server: str) -> str:
@@ -298,15 +306,18 @@ class RedisTransport:
         stamps: dict[str, int],
         appends: list[tuple[str, bytes]],
         cursor: str,
+        history: History | None = None,
     ) -> None:
         """One inbox batch's effects, in this order: sequence numbers and stamps (so a successor can
-        resend with the same numbers), the appends, then the cursor past the batch."""
+        resend with the same numbers), the history, the appends, then the cursor past the batch."""
         try:
             async with self._writer.pipeline(transaction=False) as pipe:
                 if sequences:
                     pipe.hset(_SEQUENCES_KEY, mapping=sequences)
                 if stamps:
                     pipe.hset(_stamps_key(server), mapping=stamps)
+                if history is not None:
+                    self._keep(pipe, history)
                 for stream, data in appends:
                     pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
                 pipe.set(_cursor_key(server), cursor)
@@ -316,6 +327,39 @@ class RedisTransport:
         except (RedisError, OSError) as exc:
             await self._drop_connections()
             raise TransportError(f"committing a batch of {server} failed: {exc}") from exc
+
+    @staticmethod
+    def _keep(pipe, history: History) -> None:
+        """Per message one XADD (the stream trimmed to size), per topic its expiry renewed."""
+        ttl_ms = int(history.ttl * 1000)
+        topics = set()
+        for topic, seq, message in history.messages:
+            pipe.xadd(_history_key(topic), {"s": seq, _FIELD: message}, maxlen=history.size, approximate=False)
+            topics.add(topic)
+        for topic in topics:
+            pipe.pexpire(_history_key(topic), ttl_ms)
+            pipe.pexpire(_history_epoch_key(topic), ttl_ms)
+
+    async def history_epochs(self, topics: list[str], ttl: float) -> dict[str, str]:
+        """SET NX then GET: a topic keeps its epoch while its history lives, gets a new one after."""
+        try:
+            async with self._writer.pipeline(transaction=False) as pipe:
+                for topic in topics:
+                    pipe.set(_history_epoch_key(topic), new_epoch(), nx=True, px=int(ttl * 1000))
+                    pipe.get(_history_epoch_key(topic))
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            await self._drop_connections()
+            raise TransportError(f"reading history epochs failed: {exc}") from exc
+        return {topic: replies[2 * i + 1].decode() for i, topic in enumerate(topics)}
+
+    async def history(self, topic: str) -> list[tuple[int, bytes]]:
+        try:
+            entries = await self._writer.xrange(_history_key(topic))
+        except (RedisError, OSError) as exc:
+            await self._drop_connections()
+            raise TransportError(f"reading the history of {topic} failed: {exc}") from exc
+        return [(int(fields[b"s"]), fields[_FIELD]) for _, fields in entries]
 
     async def set_cursor(self, server: str, cursor: str) -> None:
         async with self._writer.pipeline(transaction=False) as pipe:

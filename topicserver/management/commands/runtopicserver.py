@@ -77,7 +77,13 @@ class Command(BaseCommand):
         warn_if_development_key(logger)
         members = None if layer.configured_live_ring else list(layer.static_ring.members)
         server = TopicServer(
-            name, transport, members=members, liveness_ttl=layer.liveness_ttl, presence_window=layer.presence_window
+            name,
+            transport,
+            members=members,
+            liveness_ttl=layer.liveness_ttl,
+            presence_window=layer.presence_window,
+            history_size=layer.history_size,
+            history_ttl=layer.history_ttl,
         )
         if metrics_port is not None:
             start_http_server(metrics_port, addr=metrics_host, registry=topic_server_registry(server))

@@ -25,7 +25,7 @@ def log_in(request):
     if request.method == "POST" and form.is_valid():
         login(request, form.get_user())
         return redirect(request.GET.get("next") or "chat:rooms")
-    return render(request, "chat/login.html", {"form": form, "signup": UserCreationForm(auto_id=SIGNUP_IDS)})
+    return render(request, "dps_chat/login.html", {"form": form, "signup": UserCreationForm(auto_id=SIGNUP_IDS)})
 
 
 def sign_up(request):
@@ -33,7 +33,7 @@ def sign_up(request):
     if request.method == "POST" and form.is_valid():
         login(request, form.save())
         return redirect("chat:rooms")
-    return render(request, "chat/login.html", {"form": AuthenticationForm(request), "signup": form})
+    return render(request, "dps_chat/login.html", {"form": AuthenticationForm(request), "signup": form})
 
 
 @require_POST
@@ -55,11 +55,11 @@ def rooms(request):
             logger.warning("presence of chat:%s unavailable: %s", name, exc)
             online = None
         listed.append({"name": name, "online": online})
-    return render(request, "chat/rooms.html", {"rooms": listed})
+    return render(request, "dps_chat/rooms.html", {"rooms": listed})
 
 
 @login_required(login_url="chat:login")
 def room(request, room):
     if not ROOM_NAME.match(room):
         raise Http404("no such room")
-    return render(request, "chat/room.html", {"room": room})
+    return render(request, "dps_chat/room.html", {"room": room})
