@@ -9,7 +9,8 @@ Scenarios (each on every stack that applies, measured in the same run so ratios 
 6. chat: many rooms, every client publishing at random, offered load raised until each stack
    saturates, and a join storm (bench/chat.py);
 7. presence: 1,000 and 10,000 members joining one room at once, diff frames and bytes, DPS against
-   Phoenix's one diff per join (bench/presence.py).
+   Phoenix's one diff per join (bench/presence.py);
+8. history: Redis commands and bytes per publish with history on and off (bench/history_cost.py).
 Prints a table with the ratios, writes bench/results/<time>.json and a PNG plot.
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import websockets
 
-from bench import chat, layer_fanout, presence
+from bench import chat, history_cost, layer_fanout, presence
 from bench.clients import ClientGroup
 from bench.logs import log
 from bench.stacks import Stack
@@ -247,6 +248,7 @@ def print_report(rows) -> None:
             print(f"{row['stack']:<13} {row['connections']} connections: {row['kb_per_connection']:.1f} KB RSS each")
     chat.print_report(rows)
     presence.print_report(rows)
+    history_cost.print_report(rows)
 
 
 def plot(rows, path: Path) -> bool:
@@ -292,13 +294,13 @@ def plot(rows, path: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, about 5 minutes (chat alone: about 3)")
-    parser.add_argument("--only", help="comma-separated scenarios: layer,e2e,storm,memory,chat,presence")
+    parser.add_argument("--only", help="comma-separated scenarios: layer,e2e,storm,memory,chat,presence,history")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit: 10,000 sockets need it
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dps_site.settings")
-    scenarios = set((args.only or "layer,e2e,storm,memory,chat,presence").split(","))
-    unknown = scenarios - {"layer", "e2e", "storm", "memory", "chat", "presence"}
+    scenarios = set((args.only or "layer,e2e,storm,memory,chat,presence,history").split(","))
+    unknown = scenarios - {"layer", "e2e", "storm", "memory", "chat", "presence", "history"}
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}")
     layer_stacks = ["dps", "stock-pubsub", "stock-core"]
@@ -337,6 +339,10 @@ def main() -> None:
                 rows.append(presence.run(stack.redis.url, members))
             finally:
                 stack.stop()
+    if "history" in scenarios:
+        for size in (0, 100):
+            log(f"history: cost per publish with DPS_HISTORY_SIZE={size}")
+            rows.append(history_cost.run(size))
     print_report(rows)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -119,6 +119,7 @@ class TopicServer:
         self.history_ttl = history_ttl
         self._history_epochs: dict[str, tuple[str, float]] = {}  # topic -> (epoch, checked at)
         self._kept: list[tuple[str, int, bytes]] = []  # this batch's messages for the histories
+        self._history_renewed: dict[str, float] = {}  # topic -> when its history's expiry was last renewed
         self._history_asks: list[tuple[str, str, int]] = []  # (topic, reply key, after seq)
         self.stats: Counter[str] = Counter()
         self.started_at = time.time()
@@ -303,7 +304,7 @@ class TopicServer:
                 outgoing.append((node_stream(node), entries.pack("pstate", topic, self.presence.state(topic))))
         self._state_wanted.clear()
         kept, self._kept = self._kept, []
-        history = History(kept, self.history_size, self.history_ttl) if kept else None
+        history = History(kept, self.history_size, self.history_ttl, self._renewals(kept)) if kept else None
         await self._commit(touched, stamped, outgoing, batch[-1][0], history)
         await self._answer_history_asks()
         replies, self._replies = self._replies, []
@@ -328,6 +329,17 @@ class TopicServer:
         if stale:
             epochs = await self.transport.history_epochs(stale, self.history_ttl)
             self._history_epochs.update({topic: (epoch, now) for topic, epoch in epochs.items()})
+
+    def _renewals(self, kept) -> set[str]:
+        """Topics whose history expiry to renew with this batch: new ones, and others every tenth of
+        the TTL (an XADD keeps a key's expiry, so renewing it per message would be waste)."""
+        now = time.monotonic()
+        due = {topic for topic, _, _ in kept if now - self._history_renewed.get(topic, -1e9) > self.history_ttl / 10}
+        self._history_renewed.update(dict.fromkeys(due, now))
+        if len(self._history_renewed) > 4 * _IDLE_SEQUENCES:  # bounded: forget the longest-renewed
+            for topic in sorted(self._history_renewed, key=self._history_renewed.get)[:_IDLE_SEQUENCES]:
+                del self._history_renewed[topic]
+        return due
 
     async def _answer_history_asks(self) -> None:
         """``{"epoch", "seq", "first", "messages": [[seq, message], ...]}`` after each asker's seq."""
@@ -469,6 +481,7 @@ class TopicServer:
         epoch = await self.transport.epoch()
         if epoch != self.epoch:
             self._history_epochs.clear()  # lost with Redis: every topic's history starts a new epoch
+            self._history_renewed.clear()
             if self.epoch:
                 logger.warning("topic server %s: Redis restarted empty; trusting no registry for a TTL", self.name)
                 self._trust_registry_after = time.monotonic() + self.liveness_ttl

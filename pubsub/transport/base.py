@@ -33,6 +33,7 @@ class History:
     messages: list[tuple[str, int, bytes]]  # (topic, seq, message)
     size: int
     ttl: float
+    renew: set[str] | None = None  # topics whose expiry to renew now (None: every topic of messages)
 
 
 def new_epoch() -> str:

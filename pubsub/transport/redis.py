@@ -330,13 +330,12 @@ class RedisTransport:
 
     @staticmethod
     def _keep(pipe, history: History) -> None:
-        """Per message one XADD (the stream trimmed to size), per topic its expiry renewed."""
+        """Per message one XADD (the stream trimmed to size); the expiries of the topics to renew."""
         ttl_ms = int(history.ttl * 1000)
-        topics = set()
         for topic, seq, message in history.messages:
             pipe.xadd(_history_key(topic), {"s": seq, _FIELD: message}, maxlen=history.size, approximate=False)
-            topics.add(topic)
-        for topic in topics:
+        renew = history.renew if history.renew is not None else {topic for topic, _, _ in history.messages}
+        for topic in renew:
             pipe.pexpire(_history_key(topic), ttl_ms)
             pipe.pexpire(_history_epoch_key(topic), ttl_ms)
 
