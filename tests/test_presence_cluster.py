@@ -35,6 +35,7 @@ def cluster():
         DPS_LIVENESS_TTL=str(TTL),
         DPS_SOCKET_AUTH="tests.channel_examples.plan_hook",
         DPS_API_KEY=API_KEY,
+        DPS_CHANNELS="mood:*=tests.channel_examples.MoodChannel,*=pubsub.channels.PublishChannel",
     )
     wait_for_ring(started, ["ts-1", "ts-2"], timeout=6 * TTL)
     yield started
@@ -70,30 +71,35 @@ def keys_are(*keys):
     return lambda view: view.synced and view.keys() == set(keys)
 
 
-async def test_presence_converges_across_nodes_and_the_phoenix_client_agrees(cluster, people):
+async def start_phoenix_presence(cluster, node, topic, user):
+    """The phoenix client's Presence on topic; returns (process, js_sees(expected, part="list"))."""
     modules = phoenix_js.install()
-    script = Path(__file__).parent / "js" / "phoenix_presence.js"
-    mount = f"ws://127.0.0.1:{cluster.nodes['ws-b'].port}/socket"
     js = await asyncio.create_subprocess_exec(
         "node",
-        str(script),
-        mount,
-        TOPIC,
-        "carol",
+        str(Path(__file__).parent / "js" / "phoenix_presence.js"),
+        f"ws://127.0.0.1:{cluster.nodes[node].port}/socket",
+        topic,
+        user,
         env={**os.environ, "NODE_PATH": str(modules)},
         stdout=asyncio.subprocess.PIPE,
     )
 
-    async def js_sees(expected):
+    async def js_sees(expected, part="list"):
         seen = None
         try:
             async with asyncio.timeout(10):
                 while seen != expected:
                     line = await js.stdout.readline()
                     assert line, "the phoenix client exited"
-                    seen = json.loads(line).get("list")
+                    seen = json.loads(line).get(part)
         except TimeoutError:
-            raise AssertionError(f"phoenix.js lists {seen}, not {expected}") from None
+            raise AssertionError(f"phoenix.js shows {part} {seen}, not {expected}") from None
+
+    return js, js_sees
+
+
+async def test_presence_converges_across_nodes_and_the_phoenix_client_agrees(cluster, people):
+    js, js_sees = await start_phoenix_presence(cluster, "ws-b", TOPIC, "carol")
 
     try:
         await js_sees({"carol": 1})
@@ -110,6 +116,18 @@ async def test_presence_converges_across_nodes_and_the_phoenix_client_agrees(clu
         await js_sees({"carol": 1, "bob": 1})
         view = await bob_tab2.until(TOPIC, keys_are("bob", "carol"), "alice left")
         assert len(view.refs()["bob"]) == 1
+    finally:
+        js.kill()
+        await js.wait()
+
+
+async def test_the_phoenix_client_sees_an_update_on_another_node(cluster, people):
+    js, js_sees = await start_phoenix_presence(cluster, "ws-b", "mood:1", "carol")
+    try:
+        alice = await people.join("alice", "ws-a", "mood:1")
+        await js_sees({"carol": ["fine"], "alice": ["fine"]}, "moods")
+        await alice.send("1", "2", "mood:1", "mood", {"mood": "busy"})
+        await js_sees({"carol": ["fine"], "alice": ["busy"]}, "moods")
     finally:
         js.kill()
         await js.wait()
