@@ -108,3 +108,25 @@ def browser_factory():
 @pytest.fixture
 def browser(browser_factory):
     return browser_factory()
+
+
+@pytest.fixture
+async def open_communicator():
+    """Connect Channels' WebsocketCommunicator to an ASGI app; all are disconnected and the
+    layer flushed at teardown."""
+    from channels.layers import get_channel_layer
+    from channels.testing import WebsocketCommunicator
+
+    opened = []
+
+    async def open_one(application, path="/socket/websocket?vsn=2.0.0"):
+        communicator = WebsocketCommunicator(application, path)
+        connected, _ = await communicator.connect(5)
+        assert connected, f"connect refused for {path}"
+        opened.append(communicator)
+        return communicator
+
+    yield open_one
+    for communicator in opened:
+        await communicator.disconnect()
+    await get_channel_layer().flush()

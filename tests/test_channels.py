@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import websockets
-from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 
 from pubsub.channel_routes import ChannelRoutes
 from pubsub.channels import Channel, PublishChannel
@@ -29,21 +27,12 @@ def app(**options):
 
 
 @pytest.fixture
-async def connect():
-    opened = []
-
+def connect(open_communicator):
     async def open_socket(query="", **options):
-        communicator = WebsocketCommunicator(app(**options), f"/socket/websocket?vsn=2.0.0&{query}")
-        connected, _ = await communicator.connect(TIMEOUT)
-        assert connected
-        opened.append(communicator)
-        return Client(communicator)
+        return Client(await open_communicator(app(**options), f"/socket/websocket?vsn=2.0.0&{query}"))
 
     channel_examples.ended.clear()
-    yield open_socket
-    for communicator in opened:
-        await communicator.disconnect()
-    await get_channel_layer().flush()
+    return open_socket
 
 
 async def join(client, topic, params=None, join_ref="1"):

@@ -4,8 +4,6 @@ import asyncio
 import json
 
 import pytest
-from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 
 from pubsub.channel_routes import ChannelRoutes
 from pubsub.consumers import PhoenixSocket
@@ -56,23 +54,15 @@ class Client:
 
 
 @pytest.fixture
-async def connect():
-    opened = []
-
+def connect(open_communicator):
     async def open_socket(user=None):
         app = PhoenixSocket.as_asgi(
             channel_routes=ChannelRoutes(ROUTES), socket_auth=SocketAuth("tests.channel_examples.plan_hook")
         )
         query = f"vsn=2.0.0&user={user}" if user else "vsn=2.0.0"
-        communicator = WebsocketCommunicator(app, f"/socket/websocket?{query}")
-        assert (await communicator.connect(TIMEOUT))[0]
-        opened.append(communicator)
-        return Client(communicator)
+        return Client(await open_communicator(app, f"/socket/websocket?{query}"))
 
-    yield open_socket
-    for communicator in opened:
-        await communicator.disconnect()
-    await get_channel_layer().flush()
+    return open_socket
 
 
 def has_keys(*keys):

@@ -5,8 +5,6 @@ import asyncio
 import json
 
 import pytest
-from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 
 from pubsub import entries
 from pubsub.consumers import PhoenixSocket
@@ -48,20 +46,12 @@ class Client:
 
 
 @pytest.fixture
-async def connect():
-    opened = []
-
+def connect(open_communicator):
     async def open_socket(**options):
         options.setdefault("publish_rate", 0)
-        communicator = WebsocketCommunicator(PhoenixSocket.as_asgi(**options), "/socket/websocket?vsn=2.0.0")
-        assert (await communicator.connect(TIMEOUT))[0]
-        opened.append(communicator)
-        return Client(communicator)
+        return Client(await open_communicator(PhoenixSocket.as_asgi(**options)))
 
-    yield open_socket
-    for communicator in opened:
-        await communicator.disconnect()
-    await get_channel_layer().flush()
+    return open_socket
 
 
 async def publish(publisher, numbers):
