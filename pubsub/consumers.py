@@ -240,8 +240,7 @@ class PhoenixSocket(AsyncConsumer):
     async def phx_broadcast(self, message: dict) -> None:
         """A broadcast for a topic this socket may have joined; the frame is pre-encoded."""
         join = self.joins.get(message["topic"])
-        # The topic may have been left while the message was queued; broadcast_from skips its sender.
-        if join is not None and message.get("except") != self.channel_name:
+        if join is not None:  # the topic may have been left while the message was queued
             text = self._frame_for(join, message)
             if text is not None:
                 await self.send_text(text)
@@ -251,7 +250,7 @@ class PhoenixSocket(AsyncConsumer):
         if message.get("type") != BROADCAST_TYPE:
             return False
         join = self.joins.get(message["topic"])
-        if join is None or self.closed or message.get("except") == self.channel_name:
+        if join is None or self.closed:
             return True
         watch = self._write_watch
         if watch is not None and slow_reader_guard(self.max_send_buffer).check_now(watch):
@@ -265,11 +264,14 @@ class PhoenixSocket(AsyncConsumer):
             self.closed = True
         return True
 
-    @staticmethod
-    def _frame_for(join: Channel, message: dict) -> str | None:
+    def _frame_for(self, join: Channel, message: dict) -> str | None:
         """The frame of a broadcast for one join: its join_ref, and for a recovering join the ref
-        "<epoch>:<seq>". None: held (its missed messages are being replayed) or already sent."""
+        "<epoch>:<seq>". None: held (its missed messages are being replayed), already sent, or past
+        a gap (a recovering client must never see seq N+2 without N+1: its next rejoin would
+        claim N+2 and lose N+1)."""
         if not join.recovering:
+            if message.get("except") == self.channel_name:  # broadcast_from skips its sender
+                return None
             return protocol.frame_from_tail(join.encoded_ref, message["tail"])
         if join.held is not None:
             join.held.append(message)
@@ -277,9 +279,14 @@ class PhoenixSocket(AsyncConsumer):
         seq = message.get("seq")
         if not seq:  # not numbered (a presence change)
             return protocol.frame_from_tail(join.encoded_ref, message["tail"])
-        if seq <= join.last_seq:
+        if seq <= join.last_seq or join.lost:
+            return None
+        if join.last_seq and seq != join.last_seq + 1:
+            self._lose(join)
             return None
         join.last_seq = seq
+        if message.get("except") == self.channel_name:
+            return None  # (counted as seen: the sender's own broadcast_from)
         return frame_with_ref(join.encoded_ref, message["epoch"], seq, message["tail"])
 
     def _on_lost_messages(self, topic: str) -> None:
@@ -287,6 +294,12 @@ class PhoenixSocket(AsyncConsumer):
         so phoenix.js rejoins with its last position and recovers (or learns it cannot)."""
         join = self.joins.get(topic)
         if join is not None and join.recovering:
+            self._lose(join)
+
+    def _lose(self, join: Channel) -> None:
+        """Nothing more for this join (now: no await before it stops sending), then phx_error."""
+        if not join.lost:
+            join.lost = True
             asyncio.ensure_future(self._close_channel(join, "phx_error", "gap"))
 
     def _watch_writes(self) -> None:
@@ -367,8 +380,8 @@ class PhoenixSocket(AsyncConsumer):
         self.count("joins")
         if position is None:
             await self._reply(frame.join_ref, frame.ref, topic, "ok", reply.response)
-        else:
-            await self._join_recovering(channel, frame, reply, position)
+        elif not await self._join_recovering(channel, frame, reply, position):
+            return
         try:
             await self._join_presence(channel, frame.payload)
             await _called(channel.after_join)
@@ -377,15 +390,18 @@ class PhoenixSocket(AsyncConsumer):
         except Exception:
             await self._crash(channel, "after_join")
 
-    async def _join_recovering(self, channel: Channel, frame: protocol.Frame, reply: Reply, position) -> None:
+    async def _join_recovering(self, channel: Channel, frame: protocol.Frame, reply: Reply, position) -> bool:
         """Reply ok with {epoch, seq, recovered}; then the missed messages, then the live ones held
         meanwhile (subscribed before the history was read, so none falls between the two)."""
         channel.recovering, channel.held = True, []
-        try:
-            answer = await self.channel_layer.history_after(channel.topic, after_for(position))
-        except (TransportError, AttributeError) as exc:  # no owner answering (or a layer without history)
-            logger.warning("no history of %s for a recovering join: %s", channel.topic, exc)
-            answer = {"epoch": "", "seq": 0, "messages": []}
+        answer = {"epoch": "", "seq": 0, "messages": []}
+        if hasattr(self.channel_layer, "history_after"):
+            try:
+                answer = await self.channel_layer.history_after(channel.topic, after_for(position))
+            except TransportError as exc:  # no owner answering: start over rather than refuse
+                logger.warning("no history of %s for a recovering join: %s", channel.topic, exc)
+        if self.joins.get(channel.topic) is not channel:
+            return False  # left, closed or errored meanwhile
         recovered, missed = decide(position, answer, self.recovery_limit)
         self.count("recoveries" if recovered else "recoveries_refused" if position is not True else "recover_starts")
         response = {**(reply.response or {}), "epoch": answer["epoch"], "seq": answer["seq"], "recovered": recovered}
@@ -393,7 +409,7 @@ class PhoenixSocket(AsyncConsumer):
         # Not recovered: the client reloads up to "seq"; recovered: it has everything up to its position.
         channel.last_seq = position.seq if recovered else answer["seq"]
         for seq, message in missed:
-            if "tail" in message:
+            if "tail" in message and message.get("except") != self.channel_name:
                 await self.send_text(frame_with_ref(channel.encoded_ref, answer["epoch"], seq, message["tail"]))
             channel.last_seq = seq
         while channel.held:  # what arrived while replaying; _frame_for drops what was replayed
@@ -403,6 +419,7 @@ class PhoenixSocket(AsyncConsumer):
             for text in texts:
                 await self.send_text(text)
         channel.held = None
+        return True
 
     async def _join_presence(self, channel: Channel, params: Any) -> None:
         """Track an identified join, then push the topic's presence_state (to identified sockets,

@@ -453,6 +453,7 @@ class TopicRingLayer(
         self._announcements = {}
         self._fastlanes.clear()
         self._closers.clear()
+        self._gap_handlers.clear()
         for mailbox in self._mailboxes.values():
             mailbox.waiters.clear()
         for topic, ready in list(self._replica_ready.items()):  # an Event once waited on belongs to its loop

@@ -39,7 +39,7 @@ def recover_param(params: Any) -> Position | bool | None:
         and isinstance(wanted.get("epoch"), str)
         and isinstance(wanted.get("seq"), int)
         and not isinstance(wanted.get("seq"), bool)
-        and wanted["seq"] >= 0
+        and 0 <= wanted["seq"] < LATEST
     ):
         return Position(wanted["epoch"], wanted["seq"])
     raise ValueError(RECOVER_FORMAT)

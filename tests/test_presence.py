@@ -147,3 +147,38 @@ async def test_many_joins_at_once_are_coalesced_into_few_diffs(connect):
     everyone = {"watcher", *(f"user{i}" for i in range(60))}
     view = await watcher.until("room:big", lambda v: v.keys() == everyone, "all 60 arrived")
     assert view.diffs < 20, f"{view.diffs} diffs for 61 joins"
+
+
+# The owner's table: a node taken for dead that comes back
+
+
+def test_a_node_dropped_and_back_within_the_window_causes_no_diff():
+    from topicserver.presence import PresenceTable
+
+    table = PresenceTable(window=0)
+    table.track("t", "ws-a", "ann", {"phx_ref": "r1"})
+    table.due()
+    table.drop("t", "ws-a")  # its heartbeat expired
+    table.track("t", "ws-a", "ann", {"phx_ref": "r1"}, quiet=True)  # it read "dropped" and re-announced
+    ((_, diff),) = table.due()
+    message = diff.as_message()
+    assert (message["joins"], message["leaves"]) == ({}, {}) and message["quiet"] == {
+        "ann": {"metas": [{"phx_ref": "r1"}]}
+    }
+
+
+def test_a_node_whose_users_were_announced_gone_announces_them_back_as_joins():
+    from topicserver.presence import PresenceTable
+
+    table = PresenceTable(window=0)
+    table.track("t", "ws-a", "ann", {"phx_ref": "r1"})
+    table.due()
+    table.drop("t", "ws-a")
+    ((_, left),) = table.due()
+    assert left.as_message()["leaves"] == {"ann": {"metas": [{"phx_ref": "r1"}]}}
+    table.track("t", "ws-a", "ann", {"phx_ref": "r1"}, quiet=True)
+    ((_, back),) = table.due()
+    assert back.as_message()["joins"] == {"ann": {"metas": [{"phx_ref": "r1"}]}}, "clients saw it leave"
+    table.track("t", "ws-b", "bo", {"phx_ref": "r2"}, quiet=True)  # a new owner learning: quiet
+    ((_, learned),) = table.due()
+    assert learned.as_message()["joins"] == {} and "bo" in learned.as_message()["quiet"]

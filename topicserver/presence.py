@@ -10,6 +10,7 @@ the nodes' replicas learn it, clients are not told again about someone who never
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 __all__ = ["PresenceTable", "Diff", "PRESENCE_TYPE"]
 
@@ -51,6 +52,9 @@ class PresenceTable:
         self.window = window
         self.topics: dict[str, dict[str, dict[str, tuple[str, dict]]]] = {}  # topic -> key -> ref -> (node, meta)
         self.pending: dict[str, Diff] = {}
+        self._left: OrderedDict[str, None] = OrderedDict()  # phx_refs whose leave clients were told of
+
+    REMEMBERED_LEAVES = 100_000
 
     def track(self, topic: str, node: str, key: str, meta: dict, quiet: bool = False) -> None:
         ref = meta.get("phx_ref")
@@ -58,6 +62,11 @@ class PresenceTable:
             return
         self.topics.setdefault(topic, {}).setdefault(key, {})[ref] = (node, meta)
         diff = self._diff(topic)
+        if quiet and diff.leaves.get(key, {}).pop(ref, None) is not None:
+            quiet = True  # its node was dropped and came back within the window: clients never knew
+        elif quiet and ref in self._left:
+            del self._left[ref]
+            quiet = False  # clients were told it left (its node was taken for dead): it joins again
         if quiet:
             diff.quiet.setdefault(key, {})[ref] = meta
         else:
@@ -105,8 +114,13 @@ class PresenceTable:
     def due(self, now: float | None = None) -> list[tuple[str, Diff]]:
         """Take the diffs whose window has passed."""
         now = time.monotonic() if now is None else now
-        ready = [topic for topic, diff in self.pending.items() if diff.due <= now]
-        return [(topic, self.pending.pop(topic)) for topic in ready]
+        ready = [(topic, self.pending.pop(topic)) for topic, diff in list(self.pending.items()) if diff.due <= now]
+        for _, diff in ready:
+            for by_ref in diff.leaves.values():
+                self._left.update(dict.fromkeys(by_ref))
+        while len(self._left) > self.REMEMBERED_LEAVES:
+            self._left.popitem(last=False)
+        return ready
 
     def next_due(self) -> float | None:
         return min((diff.due for diff in self.pending.values()), default=None)

@@ -227,7 +227,12 @@ class TopicServer:
             if batch:
                 appended = self.transport.id_time(batch[-1][0])
                 self.inbox_lag = max(0.0, time.time() - appended) if appended is not None else 0.0
-                await self._process(batch, {}, membership_first=False)
+                try:
+                    await self._process(batch, {}, membership_first=False)
+                except TransportError as exc:  # raised before the batch was applied: served again
+                    logger.warning("topic server %s: preparing a batch failed (%s); retrying", self.name, exc)
+                    await asyncio.sleep(_RETRY_DELAY)
+                    continue
                 cursor = batch[-1][0]
 
     async def _barrier_and_backlog(self, cursor: str, stamps: dict[str, int]) -> str:
@@ -329,6 +334,10 @@ class TopicServer:
         if stale:
             epochs = await self.transport.history_epochs(stale, self.history_ttl)
             self._history_epochs.update({topic: (epoch, now) for topic, epoch in epochs.items()})
+            if len(self._history_epochs) > 4 * _IDLE_SEQUENCES:  # bounded: the longest unchecked go
+                oldest = sorted(self._history_epochs, key=lambda t: self._history_epochs[t][1])
+                for topic in oldest[:_IDLE_SEQUENCES]:
+                    del self._history_epochs[topic]
 
     def _renewals(self, kept) -> set[str]:
         """Topics whose history expiry to renew with this batch: new ones, and others every tenth of
@@ -345,16 +354,21 @@ class TopicServer:
         """``{"epoch", "seq", "first", "messages": [[seq, message], ...]}`` after each asker's seq."""
         asks, self._history_asks = self._history_asks, []
         if asks:
-            await self._load_history_epochs({topic for topic, _, _ in asks})
+            try:
+                await self._load_history_epochs({topic for topic, _, _ in asks})
+            except TransportError as exc:
+                logger.warning("topic server %s: history epochs unavailable: %s", self.name, exc)
+                return
         for topic, key, after in asks:
             kept = {}
-            if self.history_size:
-                try:
+            try:  # never raises: the batch is committed already (the asker times out and says so)
+                if topic not in self.sequences:
+                    self.sequences[topic] = (await self.transport.load_sequences([topic])).get(topic, 0)
+                if self.history_size and after < self.sequences[topic]:  # (a fresh start needs no messages)
                     kept = dict(await self.transport.history(topic))  # repeats of a retried commit fold
-                except TransportError as exc:
-                    logger.warning("topic server %s: reading the history of %s failed: %s", self.name, topic, exc)
-            if topic not in self.sequences:
-                self.sequences[topic] = (await self.transport.load_sequences([topic])).get(topic, 0)
+            except TransportError as exc:
+                logger.warning("topic server %s: reading the history of %s failed: %s", self.name, topic, exc)
+                continue
             answer = {
                 "epoch": self._history_epochs.get(topic, ("", 0))[0],
                 "seq": self.sequences.get(topic, 0),
