@@ -2,11 +2,15 @@
 
 Every process (websocket nodes, topic servers, the admin page, external tools)
 must agree on ``owner(topic)``, so the hash and the virtual-node count are fixed,
-documented constants, the same as discord/ex_hash_ring's defaults:
+documented constants, exactly those of discord/ex_hash_ring (the seed's ring), so a topic has
+the same owner in DPS as in any tool built on it:
 
-- HASH: the first 8 bytes of ``md5(key)``, read as a big-endian unsigned 64-bit int;
-- VIRTUAL_NODES: 512 points per member, hashed from ``"{member}:{i}"``;
-- a topic belongs to the first point clockwise from ``HASH(topic)`` (wrapping round).
+- HASH: ``md5(key)``, bytes 8-15 read as a little-endian unsigned 64-bit int;
+- VIRTUAL_NODES: 512 points per member, hashed from ``"{member}{i}"`` (no separator), i from 0;
+- a topic belongs to the first point strictly above ``HASH(topic)`` (wrapping round).
+
+tests/test_ring.py pins this with owners computed by Erlang's own ``erlang:md5``
+(tests/erlang/ring.escript).
 
 Adding a member to an n-member ring moves about 1/(n+1) of the topics.
 """
@@ -26,8 +30,8 @@ _HASH_SPACE = 2**64
 
 
 def key_hash(key: str) -> int:
-    """The ring's hash: md5, first 8 bytes, big-endian unsigned."""
-    return int.from_bytes(hashlib.md5(key.encode()).digest()[:8], "big")
+    """The ring's hash: md5, bytes 8-15, little-endian unsigned (ex_hash_ring's Hash.of/1)."""
+    return int.from_bytes(hashlib.md5(key.encode()).digest()[8:], "little")
 
 
 class HashRing:
@@ -40,7 +44,7 @@ class HashRing:
         if virtual_nodes < 1:
             raise ConfigurationError("virtual_nodes must be at least 1.")
         self.virtual_nodes = virtual_nodes
-        points = sorted((key_hash(f"{member}:{i}"), member) for member in self.members for i in range(virtual_nodes))
+        points = sorted((key_hash(f"{member}{i}"), member) for member in self.members for i in range(virtual_nodes))
         self._hashes = [h for h, _ in points]
         self._owners = [m for _, m in points]
 

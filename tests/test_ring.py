@@ -1,5 +1,9 @@
 """The hash ring: a golden table pins ownership, so changing the hash or VIRTUAL_NODES is a visible diff."""
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from pubsub.exceptions import ConfigurationError
@@ -9,27 +13,43 @@ TWO = HashRing(["ts-1", "ts-2"])
 THREE = HashRing(["ts-1", "ts-2", "ts-3"])
 
 
-@pytest.mark.parametrize(
-    "topic, owner_of_two, owner_of_three",
-    [
-        ("topics:matrix", "ts-1", "ts-1"),
-        ("room:1", "ts-1", "ts-3"),
-        ("room:2", "ts-1", "ts-1"),
-        ("room:3", "ts-2", "ts-3"),
-        ("chat:lobby", "ts-2", "ts-3"),
-        ("a", "ts-1", "ts-3"),
-        ("guild:81384788765712384", "ts-1", "ts-1"),
-        ("user:42:notifications", "ts-2", "ts-3"),
-    ],
-)
-def test_golden_owners(topic, owner_of_two, owner_of_three):
+# Computed by Erlang's own erlang:md5 on ex_hash_ring's rule (tests/erlang/ring.escript), not by Python.
+GOLDEN = [
+    # topic, owner of [ts-1, ts-2], owner of [ts-1, ts-2, ts-3], hash
+    ("topics:matrix", "ts-2", "ts-3", 13560360997224017915),
+    ("room:lobby", "ts-1", "ts-3", 5263948436606799477),
+    ("room:1", "ts-1", "ts-3", 2939576652635633082),
+    ("room:2", "ts-2", "ts-3", 9965726181468855637),
+    ("room:42", "ts-2", "ts-2", 15985999334856890074),
+    ("chat:lobby", "ts-1", "ts-1", 8331803413387723852),
+    ("guild:81384788765712384", "ts-2", "ts-3", 16506076216248955123),
+    ("a", "ts-1", "ts-3", 7000413967451013937),
+    ("", "ts-2", "ts-2", 9098107892288553193),
+    ("user:42:notifications", "ts-1", "ts-3", 13518740503362578520),
+]
+
+
+@pytest.mark.parametrize("topic, owner_of_two, owner_of_three, hashed", GOLDEN)
+def test_golden_owners_are_ex_hash_rings(topic, owner_of_two, owner_of_three, hashed):
+    assert key_hash(topic) == hashed
     assert TWO.owner(topic) == owner_of_two
     assert THREE.owner(topic) == owner_of_three
 
 
+@pytest.mark.skipif(shutil.which("escript") is None, reason="needs Erlang's escript (erl) on PATH")
+def test_the_golden_table_is_what_erlang_computes():
+    """The table above, recomputed by Erlang now: it was not made up by the code it checks."""
+    script = Path(__file__).parent / "erlang" / "ring.escript"
+    result = subprocess.run(
+        ["escript", str(script), *(topic for topic, *_ in GOLDEN)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [(t, two, three, int(h)) for t, two, three, h in rows] == GOLDEN
+
+
 def test_constants():
     assert VIRTUAL_NODES == 512
-    assert key_hash("") == 0xD41D8CD98F00B204  # md5("") starts d41d8cd98f00b204
 
 
 def test_member_order_does_not_matter():
