@@ -269,6 +269,8 @@ class PhoenixSocket(AsyncConsumer):
         "<epoch>:<seq>". None: held (its missed messages are being replayed), already sent, or past
         a gap (a recovering client must never see seq N+2 without N+1: its next rejoin would
         claim N+2 and lose N+1)."""
+        if message.get("presence") and not join.presence_synced:
+            return None  # presence_diff only to joins that got a presence_state (not the seed's sockets)
         if not join.recovering:
             if message.get("except") == self.channel_name:  # broadcast_from skips its sender
                 return None
@@ -352,6 +354,11 @@ class PhoenixSocket(AsyncConsumer):
         if channel_class is None:
             await self._reply(None, frame.ref, topic, "error", {"reason": "unmatched topic"})
             return
+        try:
+            position = recover_param(frame.payload)
+        except ValueError as exc:  # before anything changes: a malformed rejoin keeps the join it had
+            await self._reply(frame.join_ref, frame.ref, topic, "error", {"reason": str(exc)})
+            return
         previous = self.joins.pop(topic, None)
         if previous is not None:
             # Duplicate join: the old channel closes, the new join replaces it (never two subscriptions).
@@ -359,13 +366,6 @@ class PhoenixSocket(AsyncConsumer):
             await self._terminate(previous, "rejoin")
         elif len(self.joins) >= self.max_channels:
             await self._reply(frame.join_ref, frame.ref, topic, "error", {"reason": "too many channels joined"})
-            return
-        try:
-            position = recover_param(frame.payload)
-        except ValueError as exc:
-            if previous is not None:
-                await self.channel_layer.group_discard(topic, self.channel_name)
-            await self._reply(frame.join_ref, frame.ref, topic, "error", {"reason": str(exc)})
             return
         channel = channel_class(self, topic, frame.join_ref)
         reply = await self._ask_join(channel, frame.payload)
@@ -431,6 +431,7 @@ class PhoenixSocket(AsyncConsumer):
         if identified and channel.track_presence:
             await channel.track(channel.presence_meta())
         if identified or (isinstance(params, dict) and params.get("presence") is True):
+            channel.presence_synced = True  # diffs from now on (phoenix.js buffers them until the state)
             state = await layer.presence_state_json(channel.topic)
             if self.joins.get(channel.topic) is channel:
                 head = protocol.encode_json([channel.join_ref, None, channel.topic, "presence_state"])

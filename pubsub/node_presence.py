@@ -153,7 +153,9 @@ class NodePresence:
         joins, leaves = change.get("joins", {}), change.get("leaves", {})
         if not joins and not leaves:
             return None
-        return broadcast_message(topic, "presence_diff", {"joins": joins, "leaves": leaves})
+        message = broadcast_message(topic, "presence_diff", {"joins": joins, "leaves": leaves})
+        message["presence"] = True  # for sockets that asked for presence only
+        return message
 
     def _forget_replica(self, topic: str) -> None:
         self._replicas.pop(topic, None)

@@ -107,6 +107,10 @@ async def test_anonymous_sockets_are_not_tracked_and_get_a_state_only_when_they_
     await viewer.until("room:3", has_keys("ann"), "the viewer sees ann, not itself")
     await ann.quiet(0.3)
     assert ann.views["room:3"].keys() == {"ann"}
+    bo = await connect("bo")
+    await bo.join("room:3")
+    await viewer.until("room:3", has_keys("ann", "bo"), "the viewer sees bo arrive")
+    await seed.quiet()  # a socket that did not ask gets no presence_diff either
 
 
 async def test_a_duplicate_join_replaces_the_meta(connect):

@@ -124,12 +124,17 @@ async def test_too_many_missed_or_another_epoch_is_recovered_false_and_nothing_i
     assert [n for _, n, _ in await client.events(10)] == list(range(2, 12))
 
 
-async def test_a_malformed_recover_is_an_error_reply(connect):
+async def test_a_malformed_recover_is_an_error_reply_and_keeps_the_join_it_had(connect):
+    publisher = await connect()
+    await publisher.join({})
     client = await connect()
+    await client.join({}, join_ref="7")
     for bad in ({"epoch": 1, "seq": 2}, {"epoch": "e1"}, {"epoch": "e1", "seq": -1}, "yes", 3):
         await client.send("1", "1", TOPIC, "phx_join", {"recover": bad})
         reply = await client.recv()
         assert reply[4]["status"] == "error" and "recover must be" in reply[4]["response"]["reason"], reply
+    await publish(publisher, [1])
+    assert await client.recv() == ["7", None, TOPIC, "event", {"n": 1}], "still joined as before"
 
 
 async def test_a_storm_of_publishes_during_the_rejoin_leaves_no_gap_and_no_repeat(connect):
