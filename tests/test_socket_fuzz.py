@@ -4,8 +4,9 @@ Each socket takes a random path (the Phoenix endpoint, an unknown path, a wrong
 vsn), sends random frames (valid joins and publishes, garbage, binary, frames
 over the limits) and leaves at a random moment: a clean close, an abort, or an
 abort right after a request, so the reply goes to a socket that is gone.
-Afterwards the node must hold zero connections and zero channels and have
-logged no exception.
+Some sockets are identified (tracked in presence), and joins may ask for recovery (well formed or
+not) or for presence. Afterwards the node must hold zero connections and zero channels, nobody
+may be left present in any topic, and the node must have logged no exception.
 """
 
 import asyncio
@@ -34,12 +35,25 @@ def _gauges(node) -> dict[str, float]:
     }
 
 
+def _present(node, topic: str) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{node.port}/api/presence_stats",
+        data=json.dumps({"topic": topic}).encode(),
+        headers={"X-API-Key": "fuzz"},
+    )
+    return json.loads(urllib.request.urlopen(request, timeout=10).read())["result"]["num_clients"]
+
+
 def _random_frame(rng: random.Random):
     topic = rng.choice(TOPICS)
     ref = str(rng.randrange(100))
     return rng.choice(
         [
             json.dumps([ref, ref, topic, "phx_join", {}]),
+            json.dumps([ref, ref, topic, "phx_join", {"recover": True, "presence": True}]),
+            json.dumps([ref, ref, topic, "phx_join", {"recover": {"epoch": "e0", "seq": rng.randrange(5)}}]),
+            json.dumps([ref, ref, topic, "phx_join", {"recover": {"epoch": 1, "seq": "x"}}]),
+            json.dumps([ref, ref, topic, "phx_join", {"recover": {"epoch": "e0", "seq": 2**70}}]),
             json.dumps([ref, ref, topic, "publish", ["chat", {"n": ref}]]),
             json.dumps([ref, ref, topic, "publish", "not a list"]),
             json.dumps([None, ref, "phoenix", "heartbeat", {}]),
@@ -57,7 +71,8 @@ def _random_frame(rng: random.Random):
 
 async def _one_socket(node, rng: random.Random, stats: dict) -> None:
     path = rng.choices(["good", "nope", "vsn"], weights=[85, 10, 5])[0]
-    url = {"good": node.url(), "nope": f"ws://127.0.0.1:{node.port}/nope", "vsn": node.url("vsn=1.0.0")}[path]
+    user = f"vsn=2.0.0&user=u{rng.randrange(20)}" if rng.random() < 0.5 else "vsn=2.0.0"
+    url = {"good": node.url(user), "nope": f"ws://127.0.0.1:{node.port}/nope", "vsn": node.url("vsn=1.0.0")}[path]
     try:
         ws = await websockets.connect(url, open_timeout=30, max_size=None, ping_interval=None)
     except websockets.InvalidStatus:
@@ -79,7 +94,7 @@ async def _one_socket(node, rng: random.Random, stats: dict) -> None:
 
 
 async def test_random_sockets_leave_nothing_behind(daphne_factory):
-    node = daphne_factory()
+    node = daphne_factory(DPS_SOCKET_AUTH="tests.channel_examples.plan_hook", DPS_API_KEY="fuzz")
     rng = random.Random(20261201)
     stats = {"refused": 0, "close": 0, "abort": 0, "closed by the node": 0}
     for _ in range(0, SOCKETS, AT_ONCE):
@@ -88,6 +103,9 @@ async def test_random_sockets_leave_nothing_behind(daphne_factory):
     deadline = time.monotonic() + 30
     while (gauges := _gauges(node)) != {"dps_node_connections": 0.0, "dps_node_channels": 0.0}:
         assert time.monotonic() < deadline, f"after {SOCKETS} sockets and all gone, the node still holds {gauges}"
+        await asyncio.sleep(0.1)
+    while present := {t: n for t in TOPICS if (n := _present(node, t))}:
+        assert time.monotonic() < deadline, f"after every socket left, still present: {present}"
         await asyncio.sleep(0.1)
     output = node.output()
     print(f"\nfuzz: {SOCKETS} sockets {stats}; the node holds {gauges}")
