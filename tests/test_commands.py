@@ -2,6 +2,7 @@
 
 import asyncio
 import importlib
+import json
 import os
 import re
 import signal
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
+import websockets
 import yaml
 from django.core.management import get_commands
 
@@ -249,3 +252,38 @@ def test_docker_compose_describes_the_cluster_with_real_entry_points():
             assert module == "dps_site.asgi" and attribute == "application"
             assert importlib.util.find_spec(module) is not None
             assert env["DPS_NODE"] == name
+
+
+async def test_runcluster_runs_two_node_processes_on_one_port():
+    """One node process per core: ws-a and ws-b accept on one listening socket; clients land on both
+    and still hear each other (the seed's example across whichever processes took them)."""
+    redis_port, port = free_port(), free_port()
+    redis_url = f"redis://{HOST}:{redis_port}/0"
+    cluster = await RunCluster.start("--redis-url", redis_url, "--nodes", f"ws-a:{port},ws-b:{port}")
+    sockets = []
+    try:
+        await cluster.wait_for_line("cluster up", CLUSTER_START_TIMEOUT)
+        url = f"ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0"
+        await seed_session(url, url)
+        sockets = await asyncio.gather(*(websockets.connect(url) for _ in range(40)))
+        client = redis.Redis(host=HOST, port=redis_port)
+        deadline = time.monotonic() + 15
+        while True:  # each node reports its open connections in its snapshot, about once a second
+            counts = {
+                name: json.loads(client.get(f"dps:snapshot:node:{{{name}}}") or "{}").get("connections", 0)
+                for name in ("ws-a", "ws-b")
+            }
+            if sum(counts.values()) >= 40:
+                break
+            assert time.monotonic() < deadline, counts
+            await asyncio.sleep(0.2)
+        client.close()
+        print(f"\n40 sockets on one port: {counts}")
+        assert all(count > 0 for count in counts.values()), f"the kernel gave every socket to one process: {counts}"
+    except BaseException:
+        await cluster.kill()
+        print(f"runcluster output:\n{cluster.output()}")
+        raise
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    assert await cluster.stop(CLUSTER_STOP_WITHIN) == 0, cluster.output()

@@ -5,6 +5,10 @@ the daphne nodes as child processes with the real commands, prefixes every log
 line with the process name, and stops them all on Ctrl-C or SIGTERM (or when
 one of them dies): the nodes first (they drain), then the topic servers, then
 the Redis it started; each group in parallel, each process with a bounded wait.
+
+Several nodes may name the same port (``--nodes ws-a:4000,ws-b:4000``): runcluster then listens
+on it once and hands that socket to each of those daphne processes (``daphne --fd``); the kernel
+spreads the connections over them: one node process per core, no balancer in front.
 """
 
 import os
@@ -23,6 +27,7 @@ from django.core.management.base import BaseCommand, CommandError
 from pubsub.conf import check_redis_url
 from pubsub.exceptions import ConfigurationError
 from pubsub.layer import NODE_NAME_PATTERN
+from pubsub.transport.redis import REGISTRY_KEYS
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 STOP_TIMEOUT = 10.0  # seconds each process gets to exit after SIGTERM before it is killed
@@ -51,7 +56,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--nodes",
             default="ws-a:4000,ws-b:4001",
-            help="daphne nodes as name:port pairs, comma-separated (default: %(default)s)",
+            help="daphne nodes as name:port pairs, comma-separated; nodes that share a port share its "
+            "listening socket (one process per core) (default: %(default)s)",
         )
         parser.add_argument(
             "--host", default="127.0.0.1", help="address the daphne nodes listen on (default: %(default)s)"
@@ -92,11 +98,23 @@ class Command(BaseCommand):
             )
             for name in servers:
                 self._spawn("topic server", name, [sys.executable, "manage.py", "runtopicserver", "--name", name], env)
+            shared = self._shared_sockets(host, node_ports)
+            launched = time.time()
             for name, port in node_ports:
-                command = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--websocket_timeout", "-1"]
-                self._spawn("node", name, [*command, "dps_site.asgi:application"], {**env, "DPS_NODE": name})
+                command = [sys.executable, "-m", "daphne", "--websocket_timeout", "-1"]
+                listening = shared.get(port)
+                where = ["--fd", str(listening.fileno())] if listening else ["-b", host, "-p", str(port)]
+                fds = (listening.fileno(),) if listening else ()
+                self._spawn(
+                    "node", name, [*command, *where, "dps_site.asgi:application"], {**env, "DPS_NODE": name}, fds
+                )
+            for listening in shared.values():
+                listening.close()  # the nodes hold it now
             for name, port in node_ports:
-                self._wait_for_port(name, host, port)
+                if port in shared:  # its socket listens already: wait until the node itself is up
+                    self._wait_for_node(name, redis_url, launched)
+                else:
+                    self._wait_for_port(name, host, port)
             if not self.stopping.is_set():
                 self._say(f"cluster up: nodes {', '.join(f'{n} ws://{host}:{p}' for n, p in node_ports)}; Ctrl-C stops")
             while not self.stopping.wait(0.2):
@@ -149,6 +167,20 @@ class Command(BaseCommand):
                 raise CommandError(f"redis-server did not answer at {url} within {REDIS_START_TIMEOUT:.0f} s")
             time.sleep(0.1)
 
+    def _wait_for_node(self, name: str, redis_url: str, launched: float) -> None:
+        """Until name's heartbeat (one of this run: a Redis that was there may know an older one)."""
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        deadline = time.monotonic() + NODE_START_TIMEOUT
+        try:
+            while time.monotonic() < deadline and not self.stopping.is_set():
+                if (client.zscore(REGISTRY_KEYS["node"], name) or 0) >= launched:
+                    return
+                time.sleep(0.1)
+        finally:
+            client.close()
+        if not self.stopping.is_set():
+            raise CommandError(f"{name} did not start within {NODE_START_TIMEOUT:.0f} s")
+
     def _wait_for_port(self, name: str, host: str, port: int) -> None:
         deadline = time.monotonic() + NODE_START_TIMEOUT
         while time.monotonic() < deadline and not self.stopping.is_set():
@@ -160,10 +192,27 @@ class Command(BaseCommand):
         if not self.stopping.is_set():
             raise CommandError(f"{name} did not listen on {host}:{port} within {NODE_START_TIMEOUT:.0f} s")
 
-    def _spawn(self, kind: str, name: str, command: list[str], env: dict | None = None) -> subprocess.Popen:
+    @staticmethod
+    def _shared_sockets(host: str, node_ports: list[tuple[str, int]]) -> dict[int, socket.socket]:
+        """A listening socket for each port that several nodes name (theirs to accept on)."""
+        ports = [port for _, port in node_ports]
+        shared = {}
+        for port in sorted({port for port in ports if ports.count(port) > 1}):
+            try:
+                listening = socket.create_server((host, port), backlog=1024, reuse_port=False)
+            except OSError as exc:
+                raise CommandError(f"cannot listen on {host}:{port}: {exc}") from None
+            listening.set_inheritable(True)
+            shared[port] = listening
+        return shared
+
+    def _spawn(
+        self, kind: str, name: str, command: list[str], env: dict | None = None, fds: tuple = ()
+    ) -> subprocess.Popen:
         child = subprocess.Popen(
             command,
             env=env,
+            pass_fds=fds,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
