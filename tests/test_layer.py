@@ -252,6 +252,8 @@ async def test_cross_node_group_send_is_one_append_per_node(two_nodes):
         await a.group_add("room:1", channel)
     for channel in b_members:
         await b.group_add("room:1", channel)
+    for layer in (a, b):  # the owner has served both subscriptions (its presence_state came back)
+        await layer.presence_state("room:1")
     transport.appended.clear()
     await a.group_send("room:1", {"type": "m", "text": "hello"})
     for layer, members in ((a, a_members), (b, b_members)):

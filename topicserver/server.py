@@ -169,8 +169,17 @@ class TopicServer:
         """Hand this server's topics to the others (live ring): unregister, wait until a ring without
         it is adopted, keep forwarding what still arrives until the inbox is quiet. Call while run() runs."""
         self.leaving = True
+        # Marked as leaving before it unregisters: its successors' barriers wait until it has adopted
+        # the ring without it (it numbers its topics until then; two numbering one topic lose messages).
+        await self.transport.heartbeat("leaving", self.name)
         await self._stop_heartbeat()
         await self.transport.forget("topicserver", self.name)
+        try:
+            await self._hand_over()
+        finally:
+            await self.transport.forget("leaving", self.name)
+
+    async def _hand_over(self) -> None:
         deadline = time.monotonic() + 3 * self.liveness_ttl
         while time.monotonic() < deadline:
             generation, members = await self.transport.ring_state()
@@ -272,6 +281,7 @@ class TopicServer:
             if self.live_ring:
                 generations = await self.transport.generation_acks()
                 servers = set(await self.transport.live("topicserver", self.liveness_ttl))
+                servers |= set(await self.transport.live("leaving", 3 * self.liveness_ttl)) - {self.name}
                 waiting |= {s for s in servers if generations.get(s, -1) < self.generation}
             if not waiting:
                 return

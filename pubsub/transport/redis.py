@@ -43,7 +43,7 @@ _APPEND_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 _REGISTRY_MEMORY = 3600.0  # a process silent for an hour leaves the registry
 
 # Liveness registries: sorted sets, member = name, score = last heartbeat (unix seconds).
-REGISTRY_KEYS = {"node": "dps:nodes", "topicserver": "dps:topicservers"}
+REGISTRY_KEYS = {"node": "dps:nodes", "topicserver": "dps:topicservers", "leaving": "dps:leaving"}
 
 
 _EPOCH_KEY = "dps:epoch"
