@@ -102,3 +102,51 @@ async def test_the_phoenix_client_recovers_what_it_missed(cluster, kill_owner):
     finally:
         process.kill()
         await process.wait()
+
+
+async def test_two_hundred_clients_recover_at_once_after_a_deploy(cluster):
+    """A deploy: every client of a room drops at once, misses 10 messages, and rejoins at the same
+    moment with its last position; each gets exactly the 10 it missed, in order, then live ones."""
+    urls = [cluster.nodes["ws-a"].url(), cluster.nodes["ws-b"].url()]
+    count = 200
+
+    async def join(ws, params):
+        await ws.send(json.dumps(["1", "1", TOPIC, "phx_join", params]))
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if frame[3] == "phx_reply":
+                assert frame[4]["status"] == "ok", frame
+                return frame[4]["response"]
+
+    async def events(ws, n):
+        got = []
+        while len(got) < n:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if frame[3] == "event":
+                got.append((frame[1], frame[4]["n"]))
+        return got
+
+    async with websockets.connect(urls[0]) as publisher:
+        await join(publisher, {})
+        sockets = await asyncio.gather(*(websockets.connect(urls[i % 2], max_queue=None) for i in range(count)))
+        starts = await asyncio.gather(*(join(ws, {"recover": True}) for ws in sockets))
+        assert all(start["recovered"] is False for start in starts)
+        await _publish(publisher, range(10))
+        seen = await asyncio.gather(*(events(ws, 10) for ws in sockets))
+        positions = [ref for ref, _ in (got[-1] for got in seen)]
+        await asyncio.gather(*(ws.close() for ws in sockets))
+        await _publish(publisher, range(10, 20))  # missed by everyone
+        sockets = await asyncio.gather(*(websockets.connect(urls[i % 2], max_queue=None) for i in range(count)))
+        try:
+            replies = await asyncio.gather(
+                *(
+                    join(ws, {"recover": {"epoch": ref.split(":")[0], "seq": int(ref.split(":")[1])}})
+                    for ws, ref in zip(sockets, positions, strict=True)
+                )
+            )
+            assert all(reply["recovered"] is True for reply in replies), [r for r in replies if not r["recovered"]][:3]
+            await _publish(publisher, range(20, 23))
+            caught_up = await asyncio.gather(*(events(ws, 13) for ws in sockets))
+            assert all([n for _, n in got] == list(range(10, 23)) for got in caught_up)
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
