@@ -135,7 +135,7 @@ class TopicRingLayer(
         self._replica_ready: dict[str, asyncio.Event] = {}
         self._state_json: dict[str, str] = {}  # topic -> its replica as JSON, until the replica changes
         self._gap_handlers: dict[str, Callable[[str], None]] = {}
-        self._tracked: dict[tuple[str, str], tuple[str, dict]] = {}  # (channel, topic) -> (key, meta)
+        self._tracked: dict[str, dict[str, tuple[str, dict]]] = {}  # channel -> topic -> (key, meta)
         self.topic_servers: list = []
 
     # Channel layer API

@@ -2,7 +2,8 @@
 
 The topic's owner holds the truth (topicserver/presence.py). A node sends it tracks and
 untracks in order with its memberships, receives the whole presence when it subscribes
-(``pstate``) and every change after that as a numbered message, keeps a replica per topic it
+(``pstate``) and every change after that as a message in order with the topic's messages (not
+numbered: history keeps messages only), keeps a replica per topic it
 holds, answers a joining socket's ``presence_state`` from it, and turns each change into one
 ``presence_diff`` frame, encoded once for all its sockets in the topic.
 """
@@ -38,12 +39,13 @@ class NodePresence:
     async def track_presence(self, channel: str, topic: str, key: str, meta: dict | None = None) -> dict:
         """Track channel in topic under key (channel must be a member); a second call is an update:
         one diff with the new meta (new phx_ref, phx_ref_prev) joining and the old one leaving."""
-        previous = self._tracked.get((channel, topic))
+        tracked = self._tracked.setdefault(channel, {})
+        previous = tracked.get(topic)
         full = {**(meta or {}), "online_at": int(time.time()), "phx_ref": new_ref()}
         if previous is not None:
             full["online_at"] = previous[1]["online_at"]
             full["phx_ref_prev"] = previous[1]["phx_ref"]
-        self._tracked[(channel, topic)] = (key, full)
+        tracked[topic] = (key, full)
         items = [entries.pack("track", topic, self.node, key, full, False)]
         if previous is not None:
             items.insert(0, entries.pack("untrack", topic, self.node, previous[0], previous[1]["phx_ref"]))
@@ -51,7 +53,7 @@ class NodePresence:
         return full
 
     async def untrack_presence(self, channel: str, topic: str) -> None:
-        tracked = self._tracked.pop((channel, topic), None)
+        tracked = self._tracked.get(channel, {}).pop(topic, None)
         if tracked is not None and topic in self._groups:
             key, meta = tracked
             await self._send_presence(topic, [entries.pack("untrack", topic, self.node, key, meta["phx_ref"])])
@@ -70,8 +72,7 @@ class NodePresence:
 
     def untrack_channel(self, channel: str) -> None:
         """Forget a closed channel's tracks (its groups are left, or being left, which drops them at the owner)."""
-        for channel_topic in [ct for ct in self._tracked if ct[0] == channel]:
-            del self._tracked[channel_topic]
+        self._tracked.pop(channel, None)
 
     async def presence_state(self, topic: str, timeout: float = STATE_TIMEOUT) -> dict:
         """``{key: {"metas": [...]}}`` of topic (this node must hold a member of it)."""
@@ -113,7 +114,8 @@ class NodePresence:
         wanted = set(groups)
         return [
             (topic, entries.pack("track", topic, self.node, key, meta, True))
-            for (_, topic), (key, meta) in self._tracked.items()
+            for tracked in self._tracked.values()
+            for topic, (key, meta) in tracked.items()
             if topic in wanted and topic in self._groups
         ]
 
