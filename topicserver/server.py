@@ -321,6 +321,8 @@ class TopicServer:
         kept, self._kept = self._kept, []
         history = History(kept, self.history_size, self.history_ttl, self._renewals(kept)) if kept else None
         await self._commit(touched, stamped, outgoing, batch[-1][0], history)
+        if self.history_size:  # topics nobody holds are numbered too (for their history): bounded
+            self._trim_sequences()  # after the commit: a trimmed number is read back from Redis
         await self._answer_history_asks()
         replies, self._replies = self._replies, []
         for key, answer in replies:
@@ -741,9 +743,12 @@ class TopicServer:
                 del self.node_topics[node]
 
     def _trim_sequences(self) -> None:
-        """Keep the sequence of a topic nobody holds (a quick rejoin continues it), within a bound."""
+        """Keep the sequence of a topic nobody holds (a quick rejoin continues it), within a bound;
+        over it, the oldest half of the idle ones go at once, so a trim is rare (a trimmed topic's
+        number is read back from Redis when it is next published to)."""
         excess = len(self.sequences) - len(self.topics) - _IDLE_SEQUENCES
         if excess > 0:
+            excess += _IDLE_SEQUENCES // 2
             idle = [topic for topic in self.sequences if topic not in self.topics][:excess]
             for topic in idle:
                 del self.sequences[topic]
