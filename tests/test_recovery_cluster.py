@@ -95,7 +95,11 @@ async def test_the_phoenix_client_recovers_what_it_missed(cluster, kill_owner):
             while len([e for e in js.events if e["event"] == "event"]) < 28:
                 await js.next("event")
         got = [e for e in js.events if e["event"] == "event"]
-        assert [e["n"] for e in got] == list(range(28)), "every message once, in order"
+        if kill_owner:  # across a handoff the topic's one order may put a publish to the dead owner
+            # later than ones sent after it (docs/ARCHITECTURE.md, "Failover"): every message once
+            assert sorted(e["n"] for e in got) == list(range(28)), "every message once"
+        else:
+            assert [e["n"] for e in got] == list(range(28)), "every message once, in order"
         seqs = [int(e["ref"].split(":")[1]) for e in got]
         assert seqs == list(range(seqs[0], seqs[0] + 28)), "the sequence continues without a reset"
         assert len({e["ref"].split(":")[0] for e in got}) == 1, "one epoch throughout"
