@@ -62,13 +62,21 @@ def check_redis_url(url, name="DPS_REDIS_URL"):
 
 
 def _redis_url_problem(url):
+    from pubsub.transport.redis_clients import CLUSTER_SCHEMES, cluster_members
+
+    if urlparse(url).scheme in CLUSTER_SCHEMES:
+        try:
+            cluster_members(url)
+        except ValueError as exc:
+            return str(exc)
+        return None
     try:
         parsed = urlparse(url)
         port = parsed.port
     except ValueError as exc:  # e.g. a port that is not a number
         return str(exc)
     if parsed.scheme not in ("redis", "rediss", "unix"):
-        return "it must start with redis://, rediss:// or unix://"
+        return "it must start with redis://, rediss://, unix:// or redis+cluster://"
     if parsed.scheme == "unix":
         return None if parsed.path else "a unix:// URL needs the socket's path"
     if port == 0:

@@ -268,18 +268,22 @@ class TopicRingLayer(
         """Fail at process start, naming the setting, if Redis is configured but unreachable."""
         if self.redis_url is None:
             return
-        import redis
+        from redis.exceptions import RedisClusterException, RedisError
 
-        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=3, socket_timeout=3)
+        from pubsub.transport.redis_clients import sync_client
+
+        client = None
         try:
+            client = sync_client(self.redis_url, socket_connect_timeout=3, socket_timeout=3)
             client.ping()
-        except (redis.RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:  # (a cluster found no member: the latter)
             raise ConfigurationError(
                 f"DPS_REDIS_URL={self.redis_url!r}: Redis is unreachable ({exc}). "
                 "Start Redis there, or unset DPS_REDIS_URL for the embedded single-process mode."
             ) from None
         finally:
-            client.close()
+            if client is not None:
+                client.close()
 
     def discard_channel(self, channel: str) -> None:
         """Forget a closed channel's mailbox, fastlane and closer now (its groups must have been left already)."""
@@ -522,9 +526,9 @@ class TopicRingLayer(
     def _make_transport(self) -> Transport:
         if self.redis_url is None:
             return MemoryTransport(maxlen=self.stream_maxlen)
-        from pubsub.transport.redis import RedisTransport
+        from pubsub.transport.redis import redis_transport
 
-        return RedisTransport(self.redis_url, maxlen=self.stream_maxlen)
+        return redis_transport(self.redis_url, maxlen=self.stream_maxlen)
 
     def _spawn(self, coroutine, name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coroutine, name=name))

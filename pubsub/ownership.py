@@ -76,9 +76,9 @@ async def collect(layer) -> tuple[dict[str, dict], dict[str, dict], tuple[int, l
     """The unexpired snapshots (topic servers, nodes) of the cluster the layer belongs to, and the
     live ring (generation, members)."""
     if layer.redis_url is not None:
-        from pubsub.transport.redis import RedisTransport
+        from pubsub.transport.redis import redis_transport
 
-        transport = RedisTransport(layer.redis_url)  # a reader only: this process does not join as a node
+        transport = redis_transport(layer.redis_url)  # a reader only: this process does not join as a node
         try:
             return await _read(transport)
         finally:

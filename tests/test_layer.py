@@ -9,8 +9,8 @@ from pubsub.exceptions import ChannelFull, TransportError
 from pubsub.layer import TopicRingLayer
 from pubsub.transport.base import inbox_stream, node_stream
 from pubsub.transport.memory import MemoryTransport
-from pubsub.transport.redis import RedisTransport
-from tests.processes import RedisServer
+from pubsub.transport.redis import RedisTransport, redis_transport
+from tests.processes import RedisClusterServer, RedisServer
 from topicserver.server import TopicServer
 
 RECEIVE_TIMEOUT = 5.0
@@ -59,16 +59,23 @@ def module_redis():
     server.stop()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="module")
+def module_redis_cluster():
+    cluster = RedisClusterServer(masters=3)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 def make_transport(request):
     """Transports of one kind: every process gets its own, as separate processes would."""
     if request.param == "memory":
         shared = MemoryTransport()
         return lambda: shared
-    redis = request.getfixturevalue("module_redis")
+    redis = request.getfixturevalue("module_redis" if request.param == "redis" else "module_redis_cluster")
     with redis.client() as client:
         client.flushall()
-    return lambda: RedisTransport(redis.url)
+    return lambda: redis_transport(redis.url)
 
 
 @pytest.fixture

@@ -19,16 +19,16 @@ import secrets
 import time
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pubsub.exceptions import TransportError
 from pubsub.transport.base import FIRST_ID, History, new_epoch
 from pubsub.transport.coalescer import AppendCoalescer
+from pubsub.transport.redis_clients import async_client, is_cluster, sync_client
 
-__all__ = ["RedisTransport", "REGISTRY_KEYS"]
+__all__ = ["RedisTransport", "REGISTRY_KEYS", "redis_transport"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ _WRITE_TIMEOUT = 10.0
 # redis-py's own retries) before the caller is told Redis is unavailable.
 _APPEND_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 
+# What a Redis command may raise: a cluster client's own errors (no slot served) are not RedisErrors.
+_REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
+
 _REGISTRY_MEMORY = 3600.0  # a process silent for an hour leaves the registry
 
 # Liveness registries: sorted sets, member = name, score = last heartbeat (unix seconds).
@@ -49,13 +52,27 @@ REGISTRY_KEYS = {"node": "dps:nodes", "topicserver": "dps:topicservers", "leavin
 _EPOCH_KEY = "dps:epoch"
 _RING_KEY = "dps:ring"
 _GENERATION_ACKS_KEY = "dps:ring:acks"
-_SEQUENCES_KEY = "dps:seq"
+_LEGACY_SEQUENCES_KEY = "dps:seq"  # one hash of every topic's number, before 0.13: read, never written
 _PROPOSE_RING = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
 if current ~= tonumber(ARGV[1]) then return -1 end
 redis.call('HSET', KEYS[1], 'generation', current + 1, 'members', ARGV[2])
 return current + 1
 """
+
+
+def redis_transport(url: str, maxlen: int = 100_000) -> RedisTransport:
+    """The transport for a Redis URL: one Redis, or a Redis Cluster for ``redis+cluster://``."""
+    if is_cluster(url):
+        from pubsub.transport.redis_cluster import RedisClusterTransport
+
+        return RedisClusterTransport(url, maxlen)
+    return RedisTransport(url, maxlen)
+
+
+def _sequence_key(topic: str) -> str:
+    """A topic's last sequence number, in the slot of its history and epoch (any owner finds it)."""
+    return f"dps:seq:{{{topic}}}"
 
 
 def _barrier_key(server: str) -> str:
@@ -85,30 +102,32 @@ def _snapshot_key(kind: str, name: str) -> str:
 class RedisTransport:
     """Streams over Redis (>= 6.2): XADD with ``MAXLEN ~``, XREAD BLOCK, liveness in sorted sets."""
 
+    # Errors after which a command is worth trying again (a cluster adds its own: slots moving).
+    TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+
     def __init__(self, url: str, maxlen: int = 100_000):
         self.url = url
         self.maxlen = maxlen
-        pool = aioredis.BlockingConnectionPool.from_url(
+        self._writer = async_client(
             url,
             max_connections=_WRITE_POOL_SIZE,
-            timeout=_WRITE_TIMEOUT,  # how long a command may wait for a free connection
+            wait=_WRITE_TIMEOUT,  # how long a command may wait for a free connection
             socket_timeout=_WRITE_TIMEOUT,
             socket_connect_timeout=_CONNECT_TIMEOUT,
         )
-        self._writer = aioredis.Redis(connection_pool=pool)
         # The coalescer has one pipeline in flight at a time, so it gets a connection of its own:
         # the hot path skips the shared pool's wait-for-a-free-connection machinery.
-        self._appender = aioredis.Redis.from_url(
+        self._appender = async_client(
             url, max_connections=2, socket_timeout=_WRITE_TIMEOUT, socket_connect_timeout=_CONNECT_TIMEOUT
         )
-        self._readers: dict[str, aioredis.Redis] = {}
+        self._readers: dict = {}
         self.appends = AppendCoalescer(self._append_pipeline)
         self._sync_clients: list = []
 
-    def _reader(self, stream: str) -> aioredis.Redis:
+    def _reader(self, stream: str):
         reader = self._readers.get(stream)
         if reader is None:
-            reader = self._readers[stream] = aioredis.Redis.from_url(
+            reader = self._readers[stream] = async_client(
                 self.url, max_connections=1, socket_timeout=None, socket_connect_timeout=_CONNECT_TIMEOUT
             )
         return reader
@@ -116,7 +135,7 @@ class RedisTransport:
     async def ping(self) -> None:
         try:
             await self._writer.ping()
-        except (RedisError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"Redis at {self.url} is unreachable: {exc}") from exc
 
@@ -139,19 +158,19 @@ class RedisTransport:
                         pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
                     await pipe.execute()
                 return
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except self.TRANSIENT_ERRORS as exc:
                 await self._drop_connections()
-                await self._appender.connection_pool.disconnect(inuse_connections=False)
+                await self._drop_idle(self._appender)
                 if delay is None:
                     raise TransportError(f"XADD of {len(items)} entries failed: {exc}") from exc
                 await asyncio.sleep(delay)
-            except RedisError as exc:
+            except _REDIS_ERRORS as exc:
                 raise TransportError(f"XADD of {len(items)} entries failed: {exc}") from exc
 
     async def last_id(self, stream: str) -> str:
         try:
             newest = await self._writer.xrevrange(stream, count=1)
-        except (RedisError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"XREVRANGE {stream} failed: {exc}") from exc
         return newest[0][0].decode() if newest else FIRST_ID
@@ -159,7 +178,7 @@ class RedisTransport:
     async def read(self, stream: str, after: str, count: int, block_ms: int) -> list[tuple[str, bytes]]:
         try:
             reply = await self._reader(stream).xread({stream: after}, count=count, block=block_ms or None)
-        except (RedisError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"XREAD {stream} failed: {exc}") from exc
         if not reply:
@@ -179,17 +198,13 @@ class RedisTransport:
                 pipe.zadd(REGISTRY_KEYS[kind], {name: now})
                 pipe.zremrangebyscore(REGISTRY_KEYS[kind], "-inf", now - _REGISTRY_MEMORY)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"heartbeat of {kind} {name} failed: {exc}") from exc
 
     def sync_heartbeat(self, kind: str, name: str):
         """A blocking heartbeat on a connection of its own, for a thread (see pubsub/heartbeat.py)."""
-        import redis
-
-        client = redis.Redis.from_url(
-            self.url, socket_timeout=_CONNECT_TIMEOUT, socket_connect_timeout=_CONNECT_TIMEOUT
-        )
+        client = sync_client(self.url, socket_timeout=_CONNECT_TIMEOUT, socket_connect_timeout=_CONNECT_TIMEOUT)
         self._sync_clients.append(client)
 
         def beat() -> None:
@@ -205,7 +220,7 @@ class RedisTransport:
         """Names of that kind seen within ttl seconds, with their last heartbeat."""
         try:
             rows = await self._writer.zrangebyscore(REGISTRY_KEYS[kind], time.time() - ttl, "+inf", withscores=True)
-        except (RedisError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"reading the {kind} registry failed: {exc}") from exc
         return {name.decode(): score for name, score in rows}
@@ -214,7 +229,7 @@ class RedisTransport:
         """Take name out of the registry (a clean shutdown), so nobody waits for its TTL."""
         try:
             await self._writer.zrem(REGISTRY_KEYS[kind], name)
-        except (RedisError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"unregistering {kind} {name} failed: {exc}") from exc
 
@@ -222,11 +237,11 @@ class RedisTransport:
 
     async def put_reply(self, key: str, data: bytes, ttl: float) -> None:
         try:
-            async with self._writer.pipeline(transaction=True) as pipe:
+            async with self._writer.pipeline(transaction=self.SINGLE_KEY_TRANSACTIONS) as pipe:
                 pipe.rpush(key, data)
                 pipe.pexpire(key, int(ttl * 1000))
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"answering {key} failed: {exc}") from exc
 
@@ -234,7 +249,7 @@ class RedisTransport:
         """BLPOP on a pooled connection: a list emptied by the pop is gone, one never popped expires."""
         try:
             popped = await self._writer.blpop([key], timeout=timeout)
-        except (RedisError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"waiting for {key} failed: {exc}") from exc
         return popped[1] if popped else None
@@ -242,15 +257,15 @@ class RedisTransport:
     async def put_snapshot(self, kind: str, name: str, data: bytes, ttl: float) -> None:
         try:
             await self._writer.set(_snapshot_key(kind, name), data, px=int(ttl * 1000))
-        except (RedisError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"storing the snapshot of {kind} {name} failed: {exc}") from exc
 
     async def snapshots(self, kind: str) -> dict[str, bytes]:
         try:
             names = [name.decode() for name in await self._writer.zrange(REGISTRY_KEYS[kind], 0, -1)]
-            values = await self._writer.mget([_snapshot_key(kind, name) for name in names]) if names else []
-        except (RedisError, OSError) as exc:
+            values = await self._get_many([_snapshot_key(kind, name) for name in names])
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"reading {kind} snapshots failed: {exc}") from exc
         return {name: value for name, value in zip(names, values, strict=True) if value is not None}
@@ -287,10 +302,17 @@ class RedisTransport:
         return {k.decode(): v.decode() for k, v in (await self._call("HGETALL", _barrier_key(server))).items()}
 
     async def load_sequences(self, topics: list[str]) -> dict[str, int]:
-        if not topics:
-            return {}
-        values = await self._call("HMGET", _SEQUENCES_KEY, *topics)
-        return {topic: int(value) for topic, value in zip(topics, values, strict=True) if value is not None}
+        try:
+            values = await self._get_many([_sequence_key(topic) for topic in topics])
+        except _REDIS_ERRORS as exc:
+            await self._drop_connections()
+            raise TransportError(f"reading sequence numbers failed: {exc}") from exc
+        found = {topic: int(value) for topic, value in zip(topics, values, strict=True) if value is not None}
+        missing = [topic for topic in topics if topic not in found]
+        if missing:  # numbered before sequence numbers had a key per topic (upgrading keeps them)
+            values = await self._call("HMGET", _LEGACY_SEQUENCES_KEY, *missing)
+            found.update({t: int(v) for t, v in zip(missing, values, strict=True) if v is not None})
+        return found
 
     async def load_cursor(self, server: str) -> str | None:
         value = await self._call("GET", _cursor_key(server))
@@ -309,22 +331,28 @@ class RedisTransport:
         history: History | None = None,
     ) -> None:
         """One inbox batch's effects, in this order: sequence numbers and stamps (so a successor can
-        resend with the same numbers), the history, the appends, then the cursor past the batch."""
+        resend with the same numbers), the history and the appends, then the cursor past the batch."""
+
+        def number(pipe) -> None:
+            if sequences:
+                self._set_many(pipe, {_sequence_key(topic): seq for topic, seq in sequences.items()})
+            if stamps:
+                pipe.hset(_stamps_key(server), mapping=stamps)
+
+        def send(pipe) -> None:
+            if history is not None:
+                self._keep(pipe, history)
+            for stream, data in appends:
+                pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
+
+        def advance(pipe) -> None:
+            pipe.set(_cursor_key(server), cursor)
+            if stamps:
+                pipe.delete(_stamps_key(server))
+
         try:
-            async with self._writer.pipeline(transaction=False) as pipe:
-                if sequences:
-                    pipe.hset(_SEQUENCES_KEY, mapping=sequences)
-                if stamps:
-                    pipe.hset(_stamps_key(server), mapping=stamps)
-                if history is not None:
-                    self._keep(pipe, history)
-                for stream, data in appends:
-                    pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
-                pipe.set(_cursor_key(server), cursor)
-                if stamps:
-                    pipe.delete(_stamps_key(server))
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
+            await self._in_order([number, send, advance])
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"committing a batch of {server} failed: {exc}") from exc
 
@@ -347,7 +375,7 @@ class RedisTransport:
                     pipe.set(_history_epoch_key(topic), new_epoch(), nx=True, px=int(ttl * 1000))
                     pipe.get(_history_epoch_key(topic))
                 replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"reading history epochs failed: {exc}") from exc
         return {topic: replies[2 * i + 1].decode() for i, topic in enumerate(topics)}
@@ -355,7 +383,7 @@ class RedisTransport:
     async def history(self, topic: str) -> list[tuple[int, bytes]]:
         try:
             entries = await self._writer.xrange(_history_key(topic))
-        except (RedisError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"reading the history of {topic} failed: {exc}") from exc
         return [(int(fields[b"s"]), fields[_FIELD]) for _, fields in entries]
@@ -366,14 +394,33 @@ class RedisTransport:
             pipe.delete(_stamps_key(server))
             try:
                 await pipe.execute()
-            except (RedisError, OSError) as exc:
+            except _REDIS_ERRORS as exc:
                 await self._drop_connections()
                 raise TransportError(f"moving the cursor of {server} failed: {exc}") from exc
+
+    # What one Redis and a Redis Cluster do differently (pubsub/transport/redis_cluster.py)
+
+    SINGLE_KEY_TRANSACTIONS = True
+
+    async def _in_order(self, steps) -> None:
+        """Run each step's commands after the previous step's: one pipeline, since one connection
+        to one Redis keeps the order (and a crash leaves a prefix)."""
+        async with self._writer.pipeline(transaction=False) as pipe:
+            for step in steps:
+                step(pipe)
+            await pipe.execute()
+
+    async def _get_many(self, keys: list[str]) -> list:
+        return await self._writer.mget(keys) if keys else []
+
+    @staticmethod
+    def _set_many(pipe, mapping: dict) -> None:
+        pipe.mset(mapping)
 
     async def _call(self, *command):
         try:
             return await self._writer.execute_command(*command)
-        except (RedisError, OSError) as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"{command[0]} failed: {exc}") from exc
 
@@ -382,9 +429,13 @@ class RedisTransport:
 
         Connections in use are left to their commands (disconnecting them too made a burst of
         failures fail everything else in flight)."""
+        await self._drop_idle(self._writer)
+
+    @staticmethod
+    async def _drop_idle(client) -> None:
         try:
-            await self._writer.connection_pool.disconnect(inuse_connections=False)
-        except (RedisError, OSError):
+            await client.connection_pool.disconnect(inuse_connections=False)
+        except _REDIS_ERRORS:
             pass
 
     async def close(self) -> None:

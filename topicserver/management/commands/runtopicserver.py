@@ -13,7 +13,7 @@ from pubsub.exceptions import ConfigurationError, TransportError
 from pubsub.metrics import topic_server_registry
 from pubsub.tasks import stop_tasks
 from pubsub.tokens import warn_if_development_key
-from pubsub.transport.redis import RedisTransport
+from pubsub.transport.redis import redis_transport
 from topicserver.server import TopicServer
 
 logger = logging.getLogger("topicserver")
@@ -67,7 +67,7 @@ class Command(BaseCommand):
 
     async def serve(self, name: str, redis_url: str, source: str, metrics_host: str, metrics_port: int | None) -> None:
         layer = self.layer
-        transport = RedisTransport(redis_url, maxlen=layer.stream_maxlen)
+        transport = redis_transport(redis_url, maxlen=layer.stream_maxlen)
         try:
             await transport.ping()
         except TransportError as exc:

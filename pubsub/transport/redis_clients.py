@@ -1,0 +1,100 @@
+"""Redis clients for a URL: one Redis (``redis://``) or a Redis Cluster (``redis+cluster://``).
+
+A cluster URL lists one or more of its members, ``redis+cluster://host:port[,host:port...]``
+(``rediss+cluster://`` for TLS, ``user:password@`` before the first member); the client learns
+the rest of the cluster from them and follows ``MOVED``/``ASK`` while slots move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import unquote, urlsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+__all__ = ["CLUSTER_SCHEMES", "is_cluster", "cluster_members", "async_client", "sync_client", "BoundedRedisCluster"]
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+def is_cluster(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def cluster_members(url: str) -> tuple[list[tuple[str, int]], dict]:
+    """The listed members and the connection options (credentials, TLS) of a cluster URL.
+
+    Raises ValueError, with the reason, for a URL that names no usable member."""
+    parsed = urlsplit(url)
+    if parsed.scheme not in CLUSTER_SCHEMES:
+        raise ValueError("it must start with redis+cluster:// or rediss+cluster://")
+    credentials, _, hosts = parsed.netloc.rpartition("@")
+    options: dict = {"ssl": parsed.scheme == "rediss+cluster"}
+    if credentials:
+        username, _, password = credentials.partition(":")
+        options.update(username=unquote(username) or None, password=unquote(password) or None)
+    if parsed.path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0")
+    members = []
+    for member in filter(None, hosts.split(",")):
+        host, _, port = member.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{member!r} is not host:port")
+        members.append((host.strip("[]"), int(port)))
+    if not members:
+        raise ValueError("it names no member (redis+cluster://host:port[,host:port...])")
+    return members, options
+
+
+class BoundedRedisCluster(AsyncRedisCluster):
+    """A cluster client whose commands wait for one of ``limit`` slots.
+
+    redis-py's cluster client raises ``MaxConnectionsError`` when a member's connections are all
+    busy; a plain ``BlockingConnectionPool`` waits. A join or recovery storm must wait, not fail,
+    so commands queue here (pipelines take one connection per member and are few)."""
+
+    def __init__(self, *args, limit: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._limit = limit
+        self._slots: asyncio.Semaphore | None = None
+
+    async def execute_command(self, *args, **kwargs):
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._limit)
+        async with self._slots:
+            return await super().execute_command(*args, **kwargs)
+
+
+def async_client(url: str, *, max_connections: int, wait: float | None = None, **options):
+    """An asyncio client for url. With wait, a command finding every connection busy waits (up to
+    wait seconds on one Redis) instead of failing."""
+    if not is_cluster(url):
+        if wait is None:
+            return aioredis.Redis.from_url(url, max_connections=max_connections, **options)
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=wait, **options)
+        return aioredis.Redis(connection_pool=pool)
+    members, connection = cluster_members(url)
+    startup = [AsyncClusterNode(host, port) for host, port in members]
+    if wait is None:
+        return AsyncRedisCluster(startup_nodes=startup, max_connections=max_connections, **connection, **options)
+    # Pipelines run beside the bounded commands, one connection per member each: room for them.
+    return BoundedRedisCluster(
+        startup_nodes=startup,
+        max_connections=2 * max_connections,
+        limit=max_connections,
+        **connection,
+        **options,
+    )
+
+
+def sync_client(url: str, **options):
+    """A blocking client for url (a heartbeat thread, a start-up check, tests)."""
+    if not is_cluster(url):
+        return redis.Redis.from_url(url, **options)
+    from redis.cluster import ClusterNode, RedisCluster
+
+    members, connection = cluster_members(url)
+    return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in members], **connection, **options)
