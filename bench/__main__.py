@@ -31,7 +31,7 @@ import websockets
 from bench import chat, history_cost, layer_fanout, presence
 from bench.clients import ClientGroup
 from bench.logs import log
-from bench.stacks import Stack
+from bench.stacks import STACKS, Stack
 
 RESULTS = Path(__file__).parent / "results"
 TOPIC = "bench:room"
@@ -295,6 +295,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, about 5 minutes (chat alone: about 3)")
     parser.add_argument("--only", help="comma-separated scenarios: layer,e2e,storm,memory,chat,presence,history")
+    parser.add_argument(
+        "--stacks", help="comma-separated end-to-end stacks (default: dps,stock-pubsub,stock-core,floor)"
+    )
+    parser.add_argument("--clients", help="comma-separated end-to-end client counts (default: 1000,5000,10000)")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit: 10,000 sockets need it
@@ -311,12 +315,18 @@ def main() -> None:
         sizes, layer_publishes, client_counts, burst, paced, storm, idle = (
             [100, 1000, 10_000],
             20,
-            [1000, 5000],
+            [1000, 5000, 10_000],
             50,
             40,
             1000,
             10_000,
         )
+    if args.stacks:
+        e2e_stacks = args.stacks.split(",")
+        if set(e2e_stacks) - set(STACKS):
+            parser.error(f"unknown stacks {sorted(set(e2e_stacks) - set(STACKS))}")
+    if args.clients:
+        client_counts = [int(n) for n in args.clients.split(",")]
     rows = []
     started = time.time()
     if "layer" in scenarios:

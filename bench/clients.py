@@ -17,6 +17,10 @@ import websockets
 
 _EVENT = '"bench",{'
 _STAMP = '"t":'
+# Like phoenix.js (every 30 s): DPS closes a socket without a frame for DPS_IDLE_TIMEOUT (60 s), and
+# opening 10,000 sockets then measuring takes longer than that.
+_HEARTBEAT_INTERVAL = 20.0
+_HEARTBEAT = json.dumps([None, "hb", "phoenix", "heartbeat", {}])
 
 
 class ClientGroup:
@@ -59,10 +63,12 @@ def _run(urls, count, topic, join, batch, pipe) -> None:
 async def _main(urls, count, topic, join, batch_size, pipe) -> None:
     started = time.perf_counter()
     results = []
+    opened: list = []
+    heartbeats = asyncio.ensure_future(_heartbeats(opened))
     for first in range(0, count, batch_size):
         batch = range(first, min(count, first + batch_size))
         results += await asyncio.gather(
-            *(_open(urls[i % len(urls)], topic, str(i), join) for i in batch), return_exceptions=True
+            *(_open(urls[i % len(urls)], topic, str(i), join, opened) for i in batch), return_exceptions=True
         )
     sockets = [ws for ws in results if not isinstance(ws, BaseException)]
     failures = [repr(e)[:120] for e in results if isinstance(e, BaseException)]
@@ -81,17 +87,29 @@ async def _main(urls, count, topic, join, batch_size, pipe) -> None:
             break
         _, messages, timeout = command
         pipe.send(await _count(sockets, messages, timeout))
+    heartbeats.cancel()
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
 
-async def _open(url, topic, ref, join):
+async def _open(url, topic, ref, join, opened):
     ws = await websockets.connect(url, max_queue=None, open_timeout=60, ping_interval=None)
     if join:
         await ws.send(json.dumps([ref, ref, topic, "phx_join", {}]))
         reply = json.loads(await ws.recv())
         if reply[4].get("status") != "ok":
             raise RuntimeError(f"join refused: {reply}")
+    opened.append(ws)  # (its heartbeat replies come after its join reply)
     return ws
+
+
+async def _heartbeats(sockets):
+    while True:
+        await asyncio.sleep(_HEARTBEAT_INTERVAL)
+        for ws in list(sockets):
+            try:
+                await ws.send(_HEARTBEAT)
+            except websockets.ConnectionClosed:
+                pass
 
 
 async def _count(sockets, messages, timeout) -> dict:
