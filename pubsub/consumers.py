@@ -22,7 +22,7 @@ from pubsub.backpressure import CLOSE_POLICY_VIOLATION, SlowReaderGuard, fail_wi
 from pubsub.channel_routes import ChannelRoutes
 from pubsub.channels import Channel, Reply, Stop
 from pubsub.exceptions import ProtocolError, TransportError
-from pubsub.fastlane import send_nowait
+from pubsub.fastlane import frame_writer, send_nowait
 from pubsub.publishing import BROADCAST_TYPE, broadcast  # broadcast stays importable from here
 from pubsub.recovery import after_for, decide, frame_with_ref, recover_param
 from pubsub.socket_auth import Identity, Refused, SocketAuth
@@ -102,6 +102,8 @@ class PhoenixSocket(AsyncConsumer):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task | None = None
         self._write_watch = None
+        self._guard: SlowReaderGuard | None = None
+        self._write_frame = None
 
     async def __call__(self, scope, receive, send):
         # Whatever way the consumer ends (a disconnect, a refusal, an error), its channel,
@@ -120,6 +122,10 @@ class PhoenixSocket(AsyncConsumer):
             await super().send(message)
         except Disconnected:
             self.closed = True
+            return
+        watch = self._write_watch
+        if watch is not None and watch.unsent():  # left in Twisted's buffer: the guard's sweeps look at it
+            self._guard.note(watch)
 
     async def send_text(self, text: str) -> None:
         await self.send({"type": "websocket.send", "text": text})
@@ -162,6 +168,7 @@ class PhoenixSocket(AsyncConsumer):
         self.accepted = True
         self.count("connections_opened")
         fail_with_close_frame(self.base_send)
+        self._write_frame = frame_writer(self.base_send)
         self._watch_writes()
         if hasattr(self.channel_layer, "register_fastlane"):
             self.channel_layer.register_fastlane(self.channel_name, self._fastlane)
@@ -216,7 +223,7 @@ class PhoenixSocket(AsyncConsumer):
             self.accepted = False
             self.count("connections_closed")
         if self._write_watch is not None:
-            slow_reader_guard(self.max_send_buffer).forget(self._write_watch)
+            self._guard.forget(self._write_watch)
             self._write_watch = None
         layer = getattr(self, "channel_layer", None)
         if layer is None:
@@ -253,13 +260,14 @@ class PhoenixSocket(AsyncConsumer):
         if join is None or self.closed:
             return True
         watch = self._write_watch
-        if watch is not None and slow_reader_guard(self.max_send_buffer).check_now(watch):
+        if watch is not None and self._guard.check_now(watch):
             return True  # cut off as too slow: the client reconnects (and, with history, recovers)
         text = self._frame_for(join, message)
         if text is None:
             return True
         try:
-            send_nowait(self.base_send, {"type": "websocket.send", "text": text})
+            if self._write_frame(text) and watch is not None:
+                self._guard.note(watch)
         except Disconnected:
             self.closed = True
         return True
@@ -308,7 +316,8 @@ class PhoenixSocket(AsyncConsumer):
         """Meter this socket's unsent bytes (daphne only); too slow a reader is closed with 4008."""
         if self.max_send_buffer <= 0:
             return
-        self._write_watch = slow_reader_guard(self.max_send_buffer).watch(self.base_send, self._cut_off)
+        self._guard = slow_reader_guard(self.max_send_buffer)
+        self._write_watch = self._guard.watch(self.base_send, self._cut_off)
 
     def _cut_off(self, unsent: int) -> None:
         self.closed = True
