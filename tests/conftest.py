@@ -1,6 +1,9 @@
 import pytest
 
-from tests.processes import DaphneNode, RedisServer, TopicServerProcess
+from tests.processes import DaphneNode, RedisClusterServer, RedisServer, TopicServerProcess, stop_all
+
+# What the multi-process suites run on: one Redis, and a Redis Cluster of 3 masters.
+REDIS_KINDS = ["redis", "redis-cluster"]
 
 
 @pytest.fixture
@@ -35,11 +38,22 @@ def redis_server():
 
 
 class Cluster:
-    """redis-server, topic servers and daphne nodes as real processes; stop() ends them all."""
+    """redis-server (one, or a Redis Cluster), topic servers and daphne nodes as real processes;
+    stop() ends them all."""
 
-    def __init__(self, topic_servers=("ts-1", "ts-2"), nodes=("ws-a", "ws-b"), topic_server_args=None, **settings):
+    def __init__(
+        self,
+        topic_servers=("ts-1", "ts-2"),
+        nodes=("ws-a", "ws-b"),
+        topic_server_args=None,
+        redis="redis",
+        **settings,
+    ):
         self.topic_server_args = topic_server_args or {}
-        self.redis = RedisServer()
+        if redis == "redis":
+            self.redis = RedisServer()
+        else:  # "redis-cluster": 3 masters; "redis-cluster-replicated": and a replica each
+            self.redis = RedisClusterServer(masters=3, replicas=int(redis == "redis-cluster-replicated"))
         self.settings = {"DPS_TOPIC_SERVERS": ",".join(topic_servers), "DPS_REDIS_URL": self.redis.url, **settings}
         self.topic_servers = {}
         self.nodes = {}
@@ -62,15 +76,16 @@ class Cluster:
         return self.nodes[name]
 
     def stop(self):
-        for process in [*self.nodes.values(), *self.topic_servers.values()]:
-            process.stop()
+        stop_all(self.nodes.values())  # nodes drain first, all at once; then the owners; then Redis
+        stop_all(self.topic_servers.values())
         self.redis.stop()
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """2 topic servers and 2 daphne nodes over a private Redis, shared by a module's tests."""
-    started = Cluster()
+@pytest.fixture(scope="module", params=REDIS_KINDS)
+def cluster(request):
+    """2 topic servers and 2 daphne nodes over a private Redis (one, then a Redis Cluster), shared
+    by a module's tests."""
+    started = Cluster(redis=request.param)
     yield started
     started.stop()
 

@@ -54,13 +54,27 @@ class ManagedProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         if self.process.poll() is None:
             self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout)
+        return self.wait_stopped(timeout)
+
+    def wait_stopped(self, timeout: float = 10.0) -> int | None:
+        """Wait for the exit of a signalled process; kill it (and its children) after timeout."""
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout)
         self._log_file.close()
         return self.process.returncode
+
+
+def stop_all(processes, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Signal every process at once, then wait for each: their shutdowns (a node's drain) overlap."""
+    processes = list(processes)
+    for each in processes:
+        if each.process.poll() is None:
+            each.process.send_signal(sig)
+    for each in processes:
+        each.wait_stopped(timeout)
 
 
 def dps_env(**overrides: str) -> dict[str, str]:
@@ -102,6 +116,7 @@ class RedisClusterServer:
     """
 
     def __init__(self, masters: int = 3, replicas: int = 0):
+        self.masters = masters
         self.servers: list[ManagedProcess] = []
         self.directory = Path(tempfile.mkdtemp(prefix="dps-redis-cluster-"))
         try:
@@ -137,8 +152,9 @@ class RedisClusterServer:
     def _wait_until_served(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
+            alive = next(member for member in self.servers if member.process.poll() is None)
             info = subprocess.run(
-                ["redis-cli", "-p", str(self.servers[0].port), "cluster", "info"], capture_output=True, text=True
+                ["redis-cli", "-p", str(alive.port), "cluster", "info"], capture_output=True, text=True
             ).stdout
             if "cluster_state:ok" in info and "cluster_slots_ok:16384" in info:
                 return
@@ -149,14 +165,59 @@ class RedisClusterServer:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(self.addresses())
 
+    def cli(self, port: int, *args: str, timeout: float = 120) -> str:
+        done = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+    def roles(self, asking: int | None = None) -> dict[int, dict]:
+        """port -> {id, role ("master"/"slave"), master (a replica's master's id), slots, failed}, as the
+        member on port asking (the first live one by default) sees the cluster now."""
+        if asking is None:
+            asking = next(member.port for member in self.servers if member.process.poll() is None)
+        roles = {}
+        for line in self.cli(asking, "cluster", "nodes").splitlines():
+            node_id, address, flags, master, *rest = line.split()
+            ranges = [r.split("-") for r in rest[4:] if not r.startswith("[")]
+            flags = flags.split(",")
+            roles[int(address.split("@")[0].rsplit(":", 1)[1])] = {
+                "id": node_id,
+                "role": "master" if "master" in flags else "slave",
+                "master": master,
+                "slots": sum(int(r[-1]) - int(r[0]) + 1 for r in ranges),
+                "failed": "fail" in flags or "fail?" in flags,
+            }
+        return roles
+
+    def port_of(self, key: str) -> int:
+        """The port of the master that serves key now."""
+        client = self.client()
+        try:
+            return client.get_node_from_key(key).port
+        finally:
+            client.close()
+
+    def reshard(self, source: int, target: int, slots: int) -> str:
+        """Move slots from the master on port source to the one on target, as an operator would."""
+        roles = self.roles()
+        return self.cli(
+            source,
+            "--cluster", "reshard", f"{HOST}:{source}",
+            "--cluster-from", roles[source]["id"], "--cluster-to", roles[target]["id"],
+            "--cluster-slots", str(slots), "--cluster-yes",
+        )  # fmt: skip
+
+    def wait_until_served(self) -> None:
+        self._wait_until_served()
+
     def client(self):
         from redis.cluster import ClusterNode, RedisCluster
 
         return RedisCluster(startup_nodes=[ClusterNode(HOST, member.port) for member in self.servers])
 
     def stop(self) -> None:
-        for member in self.servers:
-            member.stop()
+        stop_all(self.servers)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

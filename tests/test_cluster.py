@@ -161,6 +161,7 @@ async def measure_publishes(cluster, subscribers_per_node, publishes=20):
     return {key: value / publishes for key, value in measured.items()}
 
 
+@pytest.mark.parametrize("cluster", ["redis"], indirect=True)  # (counted with one Redis's INFO and keys)
 async def test_redis_work_per_publish_is_per_node_not_per_subscriber(cluster):
     small = await measure_publishes(cluster, 50)  # 100 subscribers
     large = await measure_publishes(cluster, 500)  # 1,000 subscribers

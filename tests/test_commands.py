@@ -209,6 +209,59 @@ async def test_runcluster_runs_the_seed_example_and_stops_promptly(ring):
         assert "no other topic server is running; stopping" in output, "the last servers stop at once"
 
 
+def free_port_run(count: int) -> int:
+    """The first of count consecutive free loopback ports (below 55536, as Redis Cluster wants)."""
+    import socket
+
+    for _ in range(200):
+        first = free_port()
+        if first + count > 55536:
+            continue
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as probe:
+                    probe.bind((HOST, port))
+        except OSError:
+            continue
+        return first
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+async def test_runcluster_starts_a_redis_cluster_and_runs_on_it():
+    """``--redis-cluster 3``: three masters joined by redis-cli, every DPS process on them, the seed's
+    example across the two nodes, and Ctrl-C stops all of it, the masters last."""
+    first, port_a, port_b = free_port_run(3), free_port(), free_port()
+    cluster = await RunCluster.start(
+        "--redis-cluster", "3", "--redis-cluster-port", str(first), "--nodes", f"ws-a:{port_a},ws-b:{port_b}"
+    )
+    try:
+        await cluster.wait_for_line("cluster up", CLUSTER_START_TIMEOUT)
+        url = "ws://127.0.0.1:{}/socket/websocket?vsn=2.0.0"
+        await seed_session(url.format(port_a), url.format(port_b))
+        with redis.Redis(port=first) as member:
+            info = member.execute_command("CLUSTER", "INFO").decode()
+            assert "cluster_known_nodes:3" in info and "cluster_size:3" in info, info
+        code = await cluster.stop(CLUSTER_STOP_WITHIN + 5)
+    except BaseException:
+        await cluster.kill()
+        print(f"runcluster output:\n{cluster.output()}")
+        raise
+    output = cluster.output()
+    assert code == 0, output
+    members = ",".join(f"127.0.0.1:{port}" for port in range(first, first + 3))
+    assert f"Redis redis+cluster://{members} (a Redis Cluster of 3 masters started here" in output
+    stops = re.findall(r"\[   dps\] stopped (\S+): exit (-?\d+)", output)
+    assert [name for name, _ in stops][-3:] == [f"r{port}" for port in range(first, first + 3)], output
+    assert all(code == "0" for _, code in stops), output
+
+
+@pytest.mark.parametrize("count", ["2", "x"])
+def test_runcluster_refuses_a_redis_cluster_too_small(count):
+    result = run([sys.executable, "manage.py", "runcluster", "--redis-cluster", count])
+    assert result.returncode != 0
+    assert "--redis-cluster" in result.stderr, result.stderr
+
+
 def test_runcluster_help_shows_every_default():
     result = run([sys.executable, "manage.py", "runcluster", "--help"])
     assert result.returncode == 0, result.stderr
@@ -222,6 +275,7 @@ def test_runcluster_help_shows_every_default():
         ("--nodes", "ws-a:4000,ws-b:4001"),
         ("--host", "127.0.0.1"),
         ("--ring", "live"),
+        ("--redis-cluster-port", "7000"),
     ]:
         assert f"(default: {default}" in entries[option], entries[option]
     assert "static (the opt-out)" in entries["--ring"]

@@ -17,7 +17,7 @@ import websockets
 from pubsub.layer import TopicRingLayer
 from pubsub.ownership import collect
 from pubsub.ring import HashRing
-from tests.conftest import Cluster
+from tests.conftest import REDIS_KINDS, Cluster
 
 pytestmark = pytest.mark.processes
 
@@ -136,12 +136,17 @@ class Workload:
         )
 
 
-@pytest.fixture
-async def workload():
-    """A cluster (3 topic servers, 2 nodes) with its subscribers and publisher started. No DPS_RING:
-    the default (the live ring, with failover) is what is tested."""
+@pytest.fixture(params=REDIS_KINDS)
+async def workload(request):
+    """A cluster (3 topic servers, 2 nodes) with its subscribers and publisher started, over one Redis
+    and over a Redis Cluster. No DPS_RING: the default (the live ring, with failover) is what is tested."""
     # The one publisher stands for many users, at 100 publishes/s: no per-socket rate limit for it.
-    cluster = Cluster(topic_servers=("ts-1", "ts-2", "ts-3"), DPS_LIVENESS_TTL=str(TTL), DPS_PUBLISH_RATE="0")
+    cluster = Cluster(
+        topic_servers=("ts-1", "ts-2", "ts-3"),
+        redis=request.param,
+        DPS_LIVENESS_TTL=str(TTL),
+        DPS_PUBLISH_RATE="0",
+    )
     started = None
     try:
         wait_for_ring(cluster, ["ts-1", "ts-2", "ts-3"])
@@ -223,6 +228,7 @@ async def test_a_fourth_server_joins_live(workload):
     assert_exactly_once(report)
 
 
+@pytest.mark.parametrize("workload", ["redis"], indirect=True)  # (a cluster's own failover: test_redis_cluster.py)
 async def test_redis_restart_resumes_service(workload):
     """Redis (keeping nothing on disk) is down for 2 TTLs under load, then restarts empty. A publish
     is held and retried for about 1.5 s: the ones that Redis' return rescues are accepted, the older

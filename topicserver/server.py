@@ -539,6 +539,10 @@ class TopicServer:
         """A dead member's accepted entries go to their new owners, with any sequence number it stamped."""
         async with self._takeover_lock:  # the ring watcher's sweep and a ring adoption may meet here
             self._taken_over.add(gone)
+            if gone in await self.transport.live("leaving", 3 * self.liveness_ttl):
+                # Still handing over: it serves its inbox until quiet. Read from its cursor now, a
+                # batch it is committing would be sent twice; the sweep forwards what is left after.
+                return
             await self._forward_dead_inbox(gone)
 
     async def _forward_dead_inbox(self, gone: str) -> None:

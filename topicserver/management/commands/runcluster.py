@@ -1,6 +1,7 @@
 """``manage.py runcluster``: a whole local cluster in one terminal, where the seed needed four.
 
-Starts redis-server if none answers at the Redis URL, then the topic servers and
+Starts redis-server if none answers at the Redis URL (or, with ``--redis-cluster N``, a Redis
+Cluster of N masters on ports 7000 and up, built with ``redis-cli --cluster create``), then the topic servers and
 the daphne nodes as child processes with the real commands, prefixes every log
 line with the process name, and stops them all on Ctrl-C or SIGTERM (or when
 one of them dies): the nodes first (they drain), then the topic servers, then
@@ -12,10 +13,12 @@ spreads the connections over them: one node process per core, no balancer in fro
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from urllib.parse import parse_qs, urlparse
@@ -28,10 +31,12 @@ from pubsub.conf import check_redis_url
 from pubsub.exceptions import ConfigurationError
 from pubsub.layer import NODE_NAME_PATTERN
 from pubsub.transport.redis import REGISTRY_KEYS
+from pubsub.transport.redis_clients import is_cluster, sync_client
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 STOP_TIMEOUT = 10.0  # seconds each process gets to exit after SIGTERM before it is killed
 REDIS_START_TIMEOUT = 10.0
+REDIS_CLUSTER_PORT = 7000  # the first member's port with --redis-cluster (Redis' own tutorial's)
 NODE_START_TIMEOUT = 30.0
 # Stop order: the nodes drain first (their sockets close, they unsubscribe), then the owners, then Redis.
 STOP_ORDER = ("node", "topic server", "redis")
@@ -49,6 +54,20 @@ class Command(BaseCommand):
             default=settings.DPS_REDIS_URL or DEFAULT_REDIS_URL,
             help="the cluster's Redis and database (DPS_REDIS_URL if set); if nothing answers there, "
             "redis-server is started on that port (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--redis-cluster",
+            type=int,
+            metavar="N",
+            help="start a Redis Cluster of N masters (at least 3) on ports "
+            "--redis-cluster-port and up, and run on it instead of --redis-url",
+        )
+        parser.add_argument(
+            "--redis-cluster-port",
+            type=int,
+            default=REDIS_CLUSTER_PORT,
+            metavar="PORT",
+            help="the first port of --redis-cluster's masters (default: %(default)s)",
         )
         parser.add_argument(
             "--topic-servers", default="ts-1,ts-2", help="topic server names, comma-separated (default: %(default)s)"
@@ -70,7 +89,12 @@ class Command(BaseCommand):
             "static (the opt-out) is always --topic-servers (default: %(default)s; DPS_RING sets it)",
         )
 
-    def handle(self, *args, redis_url, topic_servers, nodes, host, ring, **options):
+    def handle(self, *args, redis_url, redis_cluster, redis_cluster_port, topic_servers, nodes, host, ring, **options):
+        if redis_cluster is not None:
+            if redis_cluster < 3:
+                raise CommandError("--redis-cluster needs at least 3 masters (Redis Cluster's own minimum).")
+            ports = range(redis_cluster_port, redis_cluster_port + redis_cluster)
+            redis_url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
         try:
             check_redis_url(redis_url, "--redis-url")
         except ConfigurationError as exc:
@@ -80,18 +104,23 @@ class Command(BaseCommand):
         if not servers or not node_ports:
             raise CommandError("runcluster needs at least one --topic-servers name and one --nodes name:port.")
         self.children: list[tuple[str, str, subprocess.Popen, threading.Thread]] = []
+        self.cleanups: list = []
         self.stopping = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stopping.set())
         env = {**os.environ, "DPS_REDIS_URL": redis_url, "DPS_TOPIC_SERVERS": ",".join(servers), "DPS_RING": ring}
         env["PYTHONUNBUFFERED"] = "1"
         try:
-            if self._redis_answers(redis_url):
+            if redis_cluster is not None:
+                self._start_redis_cluster(list(ports))
+                found = f"a Redis Cluster of {redis_cluster} masters started here; it keeps nothing on disk"
+            elif self._redis_answers(redis_url):
                 found = "a Redis already answers there"
             else:
                 self._start_redis(redis_url)
                 found = "started here; it keeps nothing on disk"
-            self._say(f"Redis {redis_url}, database {self._database(redis_url)} ({found}); keys dps:*")
+            where = "" if is_cluster(redis_url) else f", database {self._database(redis_url)}"
+            self._say(f"Redis {redis_url}{where} ({found}); keys dps:*")
             self._say(
                 f"ring {ring}: "
                 + ("the running topic servers, with failover" if ring == "live" else f"always {','.join(servers)}")
@@ -123,6 +152,8 @@ class Command(BaseCommand):
                     raise CommandError(f"{dead[0][0]} exited with {dead[0][1]}; stopped the cluster")
         finally:
             self._stop_all()
+            for cleanup in self.cleanups:
+                cleanup()
 
     def _node(self, spec: str) -> tuple[str, int]:
         name, _, port = spec.strip().partition(":")
@@ -138,22 +169,49 @@ class Command(BaseCommand):
         return parsed.path.strip("/") or "0"
 
     def _redis_answers(self, url: str) -> bool:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        client = None
         try:
+            client = sync_client(url, socket_connect_timeout=1, socket_timeout=1)
             return bool(client.ping())
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError):
             return False
         finally:
-            client.close()
+            if client is not None:
+                client.close()
 
-    def _start_redis(self, url: str) -> None:
+    def _start_redis_cluster(self, ports: list[int]) -> None:
+        """A redis-server in cluster mode on each port, joined by redis-cli; ready once every slot is served."""
+        directory = tempfile.mkdtemp(prefix="dps-redis-cluster-")  # their nodes.conf files
+        self.cleanups.append(lambda: shutil.rmtree(directory, ignore_errors=True))
+        for port in ports:
+            url = f"redis://127.0.0.1:{port}/0"
+            if self._redis_answers(url):
+                raise CommandError(f"a Redis already answers on port {port}: --redis-cluster starts its own.")
+            config = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf", "--dir", directory]
+            config += ["--cluster-port", str(self._free_port())]  # (port + 10000 may not exist)
+            self._start_redis(url, config)
+        create = ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports), "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, text=True, timeout=REDIS_START_TIMEOUT)
+        if done.returncode != 0:
+            raise CommandError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
+        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        probe = redis.Redis(port=ports[0], socket_timeout=1)
+        while b"cluster_state:ok" not in probe.execute_command("CLUSTER", "INFO"):
+            if time.monotonic() > deadline:
+                raise CommandError(f"the Redis Cluster did not serve every slot within {REDIS_START_TIMEOUT:.0f} s")
+            time.sleep(0.1)
+        probe.close()
+
+    def _start_redis(self, url: str, config: tuple | list = ()) -> None:
         parsed = urlparse(url)
         host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+        if is_cluster(url):
+            raise CommandError(f"no Redis Cluster answers at {url}; --redis-cluster N starts one here.")
         if parsed.scheme != "redis" or host not in ("127.0.0.1", "localhost", "::1"):
             raise CommandError(f"no Redis answers at {url}, and runcluster only starts one on this machine.")
-        command = ["redis-server", "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no"]
+        command = ["redis-server", "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no", *config]
         try:
-            child = self._spawn("redis", "redis", command)
+            child = self._spawn("redis", "redis" if not config else f"r{port}", command)
         except FileNotFoundError:
             raise CommandError(
                 f"no Redis answers at {url}, and redis-server is not on PATH: install Redis, "
@@ -169,7 +227,7 @@ class Command(BaseCommand):
 
     def _wait_for_node(self, name: str, redis_url: str, launched: float) -> None:
         """Until name's heartbeat (one of this run: a Redis that was there may know an older one)."""
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        client = sync_client(redis_url, socket_connect_timeout=1, socket_timeout=1)
         deadline = time.monotonic() + NODE_START_TIMEOUT
         try:
             while time.monotonic() < deadline and not self.stopping.is_set():
@@ -191,6 +249,12 @@ class Command(BaseCommand):
                 time.sleep(0.1)
         if not self.stopping.is_set():
             raise CommandError(f"{name} did not listen on {host}:{port} within {NODE_START_TIMEOUT:.0f} s")
+
+    @staticmethod
+    def _free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
 
     @staticmethod
     def _shared_sockets(host: str, node_ports: list[tuple[str, int]]) -> dict[int, socket.socket]:
