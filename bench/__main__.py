@@ -3,6 +3,7 @@
 Scenarios (each on every stack that applies, measured in the same run so ratios compare like with like):
 1. layer fan-out: group_send to 100 / 1,000 / 10,000 members over 2 node processes;
 2. end to end: 2 daphne nodes, websocket subscribers, one publisher, burst and paced at 2 msg/s;
+   and "cores": the burst on 1 and on 2 DPS node processes sharing one listening port (daphne --fd);
 3. connect storm: 1,000 simultaneous handshakes;
 4. idle memory: RSS per idle connection of one node;
 5. the floor: a bare ASGI app on daphne writing one pre-encoded frame to every socket;
@@ -87,9 +88,12 @@ async def _send_publishes(ws, count, interval):
             await asyncio.sleep(interval)
 
 
-def end_to_end(name, clients, burst, paced) -> list[dict]:
-    log(f"end to end: {name}, {clients} subscribers")
-    stack = Stack(name)
+def end_to_end(name, clients, burst, paced, nodes=2, one_port=False) -> list[dict]:
+    """Rows of scenario "e2e" (2 nodes on their own ports), or "cores" with one_port: `nodes` node
+    processes sharing one listening socket, the burst only."""
+    where = f", {nodes} node processes on one port" if one_port else ""
+    log(f"end to end: {name}, {clients} subscribers{where}")
+    stack = Stack(name, nodes=nodes, one_port=one_port)
     groups = []
     try:
         urls = stack.urls()
@@ -97,7 +101,13 @@ def end_to_end(name, clients, burst, paced) -> list[dict]:
         ready = [group.ready() for group in groups]
         if sum(r["failures"] for r in ready):
             log(f"  join failures: {[r['errors'] for r in ready]}")
-        return asyncio.run(_end_to_end(name, stack, groups, clients, burst, paced))
+        rows = asyncio.run(_end_to_end(name, stack, groups, clients, burst, paced))
+        if one_port:
+            spread = stack.connections()
+            for row in rows:
+                row.update(scenario="cores", processes=nodes, connections_per_process=spread)
+            log(f"  connections per process: {spread}")
+        return rows
     finally:
         for group in groups:
             group.close()
@@ -107,7 +117,8 @@ def end_to_end(name, clients, burst, paced) -> list[dict]:
 async def _end_to_end(name, stack, groups, clients, burst, paced):
     ws, drain = await _publisher(stack.urls()[0])
     rows = []
-    for mode, count, interval in (("burst", burst, 0.0), ("paced 2/s", paced, 0.5)):
+    modes = [("burst", burst, 0.0), ("paced 2/s", paced, 0.5)]
+    for mode, count, interval in [m for m in modes if m[1]]:
         timeout = 30 + clients * count / 2000 + count * interval
         cpu_before, ts_before = stack.daphne_cpu(), stack.topic_server_cpu()
         waits = asyncio.gather(*(asyncio.to_thread(group.expect, count, timeout) for group in groups))
@@ -236,6 +247,18 @@ def print_report(rows) -> None:
                 f"{row['daphne_cpu_us_per_delivery'] or 0:>12.0f} {better:>10}"
             )
         print("   (DPS ratio: burst = DPS deliveries/s over this stack's; paced = this stack's p99 over DPS's)")
+    if "cores" in ran:
+        print("\n== node processes sharing one port (DPS, burst) ==")
+        print(
+            f"{'clients':>7} {'processes':>9} {'deliv/s':>9} {'p99 ms':>7} {'lost':>6} {'µs CPU/deliv':>12} {'vs 1':>6}  sockets"
+        )
+        for row in [r for r in rows if r["scenario"] == "cores"]:
+            one = find(scenario="cores", processes=1, clients=row["clients"])
+            print(
+                f"{row['clients']:>7} {row['processes']:>9} {row['deliveries_per_s']:>9,.0f} {row['p99_ms'] or 0:>7.0f} "
+                f"{row['lost']:>6} {row['daphne_cpu_us_per_delivery'] or 0:>12.0f} "
+                f"{ratio(row['deliveries_per_s'], one and one['deliveries_per_s']):>6}  {row['connections_per_process']}"
+            )
     if "storm" in ran:
         print("\n== connect storm ==")
         for row in [r for r in rows if r["scenario"] == "storm"]:
@@ -294,7 +317,7 @@ def plot(rows, path: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, about 5 minutes (chat alone: about 3)")
-    parser.add_argument("--only", help="comma-separated scenarios: layer,e2e,storm,memory,chat,presence,history")
+    parser.add_argument("--only", help="comma-separated scenarios: layer,e2e,cores,storm,memory,chat,presence,history")
     parser.add_argument(
         "--stacks", help="comma-separated end-to-end stacks (default: dps,stock-pubsub,stock-core,floor)"
     )
@@ -303,8 +326,8 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit: 10,000 sockets need it
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dps_site.settings")
-    scenarios = set((args.only or "layer,e2e,storm,memory,chat,presence,history").split(","))
-    unknown = scenarios - {"layer", "e2e", "storm", "memory", "chat", "presence", "history"}
+    scenarios = set((args.only or "layer,e2e,cores,storm,memory,chat,presence,history").split(","))
+    unknown = scenarios - {"layer", "e2e", "cores", "storm", "memory", "chat", "presence", "history"}
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}")
     layer_stacks = ["dps", "stock-pubsub", "stock-core"]
@@ -325,8 +348,9 @@ def main() -> None:
         e2e_stacks = args.stacks.split(",")
         if set(e2e_stacks) - set(STACKS):
             parser.error(f"unknown stacks {sorted(set(e2e_stacks) - set(STACKS))}")
+    cores_clients = [1000] if args.quick else [5000]
     if args.clients:
-        client_counts = [int(n) for n in args.clients.split(",")]
+        client_counts = cores_clients = [int(n) for n in args.clients.split(",")]
     rows = []
     started = time.time()
     if "layer" in scenarios:
@@ -335,6 +359,10 @@ def main() -> None:
         for clients in client_counts:
             for name in e2e_stacks:
                 rows += end_to_end(name, clients, burst if clients <= 1000 else burst // 2, paced)
+    if "cores" in scenarios:
+        for clients in cores_clients:
+            for processes in (1, 2):
+                rows += end_to_end("dps", clients, burst // 2, 0, nodes=processes, one_port=True)
     if "storm" in scenarios:
         rows += [connect_storm(name, storm) for name in ("dps", "stock-pubsub", "stock-core")]
     if "memory" in scenarios:
