@@ -132,13 +132,16 @@ class TopicServer:
 
         Run again (on a new event loop, the embedded mode's), it resumes after its last batch."""
         self._takeover_lock = asyncio.Lock()  # a lock once waited on belongs to that loop
+        # Resume after the last committed batch: what was accepted while this server was down is served
+        # now. A first start begins at its inbox's end as it is *before* it registers: once registered,
+        # a ring with it may be adopted at once and entries forwarded to it (a start position taken
+        # after that skipped them: 4 messages lost to every subscriber of a topic in 1 of 4 joins).
+        cursor = await self.transport.load_cursor(self.name) or await self.transport.last_id(self.inbox)
         await self.transport.heartbeat("topicserver", self.name)
         self._start_heartbeat()
         self.epoch = await self.transport.epoch()
         if self.live_ring:
             await self._join_live_ring()
-        # Resume after the last committed batch: what was accepted while this server was down is served now.
-        cursor = await self.transport.load_cursor(self.name) or await self.transport.last_id(self.inbox)
         stamps = await self.transport.load_stamps(self.name)
         logger.info(
             "topic server %s (generation %d) reading %s after %s", self.name, self.generation, self.inbox, cursor
