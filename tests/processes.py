@@ -67,14 +67,14 @@ class ManagedProcess:
         return self.process.returncode
 
 
-def stop_all(processes, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-    """Signal every process at once, then wait for each: their shutdowns (a node's drain) overlap."""
+def stop_all(processes, sig: int = signal.SIGTERM, timeout: float = 10.0) -> list[int | None]:
+    """Signal every process at once, then wait for each (their exit codes): their shutdowns (a
+    node's drain, a topic server's handover) overlap."""
     processes = list(processes)
     for each in processes:
         if each.process.poll() is None:
             each.process.send_signal(sig)
-    for each in processes:
-        each.wait_stopped(timeout)
+    return [each.wait_stopped(timeout) for each in processes]
 
 
 def dps_env(**overrides: str) -> dict[str, str]:

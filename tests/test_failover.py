@@ -272,7 +272,7 @@ def test_topic_servers_started_at_the_same_moment_form_one_ring(redis_server):
     to crash unpacking a ring it never noted). Five at once, three times over."""
     import sys
 
-    from tests.processes import ManagedProcess, dps_env
+    from tests.processes import ManagedProcess, dps_env, stop_all
 
     names = [f"ts-{i}" for i in range(1, 6)]
     client = redis_server.client()
@@ -294,7 +294,7 @@ def test_topic_servers_started_at_the_same_moment_form_one_ring(redis_server):
                 assert time.monotonic() < deadline, f"attempt {attempt}: ring {client.hget('dps:ring', 'members')}"
                 time.sleep(0.05)
         finally:
-            codes = [server.stop() for server in servers]
+            codes = stop_all(servers)
         outputs = "\n".join(server.output() for server in servers)
         assert codes == [0] * len(names) and "Traceback" not in outputs, outputs[-3000:]
     client.close()
