@@ -11,7 +11,9 @@ Scenarios (each on every stack that applies, measured in the same run so ratios 
    saturates, and a join storm (bench/chat.py);
 7. presence: 1,000 and 10,000 members joining one room at once, diff frames and bytes, DPS against
    Phoenix's one diff per join (bench/presence.py);
-8. history: Redis commands and bytes per publish with history on and off (bench/history_cost.py).
+8. history: Redis commands and bytes per publish with history on and off (bench/history_cost.py);
+9. scale-out: publishes/s and Redis CPU per publish on one Redis and on a 3-master Redis Cluster
+   (bench/scaleout.py).
 Prints a table with the ratios, writes bench/results/<time>.json and a PNG plot.
 """
 
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import websockets
 
-from bench import chat, history_cost, layer_fanout, presence
+from bench import chat, history_cost, layer_fanout, presence, scaleout
 from bench.clients import ClientGroup
 from bench.logs import log
 from bench.stacks import STACKS, Stack
@@ -272,6 +274,7 @@ def print_report(rows) -> None:
     chat.print_report(rows)
     presence.print_report(rows)
     history_cost.print_report(rows)
+    scaleout.print_report(rows)
 
 
 def plot(rows, path: Path) -> bool:
@@ -317,7 +320,9 @@ def plot(rows, path: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, about 5 minutes (chat alone: about 3)")
-    parser.add_argument("--only", help="comma-separated scenarios: layer,e2e,cores,storm,memory,chat,presence,history")
+    parser.add_argument(
+        "--only", help="comma-separated scenarios: layer,e2e,cores,storm,memory,chat,presence,history,scaleout"
+    )
     parser.add_argument(
         "--stacks", help="comma-separated end-to-end stacks (default: dps,stock-pubsub,stock-core,floor)"
     )
@@ -326,8 +331,8 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit: 10,000 sockets need it
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dps_site.settings")
-    scenarios = set((args.only or "layer,e2e,cores,storm,memory,chat,presence,history").split(","))
-    unknown = scenarios - {"layer", "e2e", "cores", "storm", "memory", "chat", "presence", "history"}
+    scenarios = set((args.only or "layer,e2e,cores,storm,memory,chat,presence,history,scaleout").split(","))
+    unknown = scenarios - {"layer", "e2e", "cores", "storm", "memory", "chat", "presence", "history", "scaleout"}
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}")
     layer_stacks = ["dps", "stock-pubsub", "stock-core"]
@@ -381,6 +386,10 @@ def main() -> None:
         for size in (0, 100):
             log(f"history: cost per publish with DPS_HISTORY_SIZE={size}")
             rows.append(history_cost.run(size))
+    if "scaleout" in scenarios:
+        for kind in ("redis", "redis-cluster"):
+            log(f"scale-out: the chat publishes on {kind}")
+            rows.append(scaleout.run(kind))
     print_report(rows)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
