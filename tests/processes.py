@@ -198,15 +198,21 @@ class RedisClusterServer:
         finally:
             client.close()
 
-    def reshard(self, source: int, target: int, slots: int) -> str:
-        """Move slots from the master on port source to the one on target, as an operator would."""
+    def move_slot(self, slot: int, source: int, target: int) -> None:
+        """Move one slot, keys and all, from the master on port source to the one on target, the way
+        ``redis-cli --cluster reshard`` moves each of its slots (importing/migrating, MIGRATE in
+        batches, then the new owner announced to every master)."""
         roles = self.roles()
-        return self.cli(
-            source,
-            "--cluster", "reshard", f"{HOST}:{source}",
-            "--cluster-from", roles[source]["id"], "--cluster-to", roles[target]["id"],
-            "--cluster-slots", str(slots), "--cluster-yes",
-        )  # fmt: skip
+        self.cli(target, "cluster", "setslot", str(slot), "importing", roles[source]["id"])
+        self.cli(source, "cluster", "setslot", str(slot), "migrating", roles[target]["id"])
+        while keys := self.cli(source, "cluster", "getkeysinslot", str(slot), "100").split():
+            self.cli(source, "migrate", HOST, str(target), "", "0", "5000", "keys", *keys)
+        for port, role in roles.items():
+            if role["role"] == "master":
+                self.cli(port, "cluster", "setslot", str(slot), "node", roles[target]["id"])
+
+    def slot_of(self, key: str) -> int:
+        return int(self.cli(self.servers[0].port, "cluster", "keyslot", key))
 
     def wait_until_served(self) -> None:
         self._wait_until_served()

@@ -6,6 +6,7 @@ of a topic saw their messages in one order (the owner's sequence order).
 """
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -41,14 +42,16 @@ class Workload:
         self.counter = 0
 
     async def start(self):
-        for index in range(SUBSCRIBERS):
+        async def subscribe(index):
             node = self.cluster.nodes["ws-a" if index % 2 else "ws-b"]
             topic = TOPICS[index % len(TOPICS)]
             ws = await websockets.connect(node.url(), max_queue=None)
             await ws.send(json.dumps(["1", "1", topic, "phx_join", {}]))
             assert json.loads(await asyncio.wait_for(ws.recv(), 10))[4]["status"] == "ok"
-            self.subscribers.append((topic, ws))
-            self.readers.append(asyncio.ensure_future(self._read(index, ws)))
+            return topic, ws
+
+        self.subscribers = list(await asyncio.gather(*(subscribe(index) for index in range(SUBSCRIBERS))))
+        self.readers = [asyncio.ensure_future(self._read(index, ws)) for index, (_, ws) in enumerate(self.subscribers)]
         self.publisher = await websockets.connect(self.cluster.nodes["ws-a"].url(), max_queue=None)
         for topic in TOPICS:
             await self.publisher.send(json.dumps(["p", f"join-{topic}", topic, "phx_join", {}]))
@@ -136,20 +139,16 @@ class Workload:
         )
 
 
-@pytest.fixture(params=REDIS_KINDS)
-async def workload(request):
-    """A cluster (3 topic servers, 2 nodes) with its subscribers and publisher started, over one Redis
-    and over a Redis Cluster. No DPS_RING: the default (the live ring, with failover) is what is tested."""
+@contextlib.asynccontextmanager
+async def running_workload(redis):
+    """A cluster (3 topic servers, 2 nodes) over redis (a kind of Cluster's) with its subscribers and
+    publisher started. No DPS_RING: the default (the live ring, with failover) is what is tested."""
     # The one publisher stands for many users, at 100 publishes/s: no per-socket rate limit for it.
-    cluster = Cluster(
-        topic_servers=("ts-1", "ts-2", "ts-3"),
-        redis=request.param,
-        DPS_LIVENESS_TTL=str(TTL),
-        DPS_PUBLISH_RATE="0",
-    )
+    servers = ["ts-1", "ts-2", "ts-3"]
+    cluster = Cluster(topic_servers=servers, redis=redis, DPS_LIVENESS_TTL=str(TTL), DPS_PUBLISH_RATE="0")
     started = None
     try:
-        wait_for_ring(cluster, ["ts-1", "ts-2", "ts-3"])
+        wait_for_ring(cluster, servers)
         started = Workload(cluster)
         await started.start()
         yield started
@@ -157,6 +156,13 @@ async def workload(request):
         if started is not None:
             await started.stop()
         cluster.stop()
+
+
+@pytest.fixture(params=REDIS_KINDS)
+async def workload(request):
+    """The workload over one Redis and over a Redis Cluster."""
+    async with running_workload(request.param) as started:
+        yield started
 
 
 def wait_for_ring(cluster, members, timeout=4 * TTL):

@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 from tests import phoenix_js
-from tests.conftest import Cluster
+from tests.conftest import REDIS_KINDS, Cluster
 from tests.presence_view import PresenceSocket
 from tests.processes import ROOT, RedisServer, dps_env
 from tests.test_failover import wait_for_ring
@@ -29,9 +29,11 @@ API_KEY = "presence-test-key"
 
 
 @pytest.fixture
-def cluster():
+def cluster(request):
+    """Over one Redis, or the Redis kind a test asks for (parametrize "cluster" indirectly)."""
     started = Cluster(
         topic_servers=("ts-1", "ts-2"),
+        redis=getattr(request, "param", "redis"),
         DPS_LIVENESS_TTL=str(TTL),
         DPS_SOCKET_AUTH="tests.channel_examples.plan_hook",
         DPS_API_KEY=API_KEY,
@@ -133,6 +135,7 @@ async def test_the_phoenix_client_sees_an_update_on_another_node(cluster, people
         await js.wait()
 
 
+@pytest.mark.parametrize("cluster", REDIS_KINDS, indirect=True)
 async def test_two_hundred_identified_clients_join_one_room_at_once(cluster, people):
     users = [f"u{i}" for i in range(200)]
     joined = await asyncio.gather(*(people.join(user, ("ws-a", "ws-b")[i % 2]) for i, user in enumerate(users)))
@@ -209,6 +212,7 @@ def _api(node, path: str, body: dict) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.parametrize("cluster", REDIS_KINDS, indirect=True)
 async def test_presence_from_the_http_api_and_from_another_process(cluster, people):
     for user, node in (("amy", "ws-b"), ("ben", "ws-b"), ("amy", "ws-b")):
         last = await people.join(user, node)

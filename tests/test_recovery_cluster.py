@@ -12,7 +12,7 @@ import websockets
 
 from pubsub.ring import HashRing
 from tests import phoenix_js
-from tests.conftest import Cluster
+from tests.conftest import REDIS_KINDS, Cluster
 from tests.test_failover import wait_for_ring
 
 pytestmark = [pytest.mark.processes, pytest.mark.node]
@@ -22,8 +22,10 @@ TOPIC = "room:recovery"
 
 
 @pytest.fixture
-def cluster():
-    started = Cluster(topic_servers=("ts-1", "ts-2"), DPS_LIVENESS_TTL=str(TTL), DPS_PUBLISH_RATE="0")
+def cluster(request):
+    """Over one Redis, or the Redis kind a test asks for (parametrize "cluster" indirectly)."""
+    redis = getattr(request, "param", "redis")
+    started = Cluster(topic_servers=("ts-1", "ts-2"), redis=redis, DPS_LIVENESS_TTL=str(TTL), DPS_PUBLISH_RATE="0")
     wait_for_ring(started, ["ts-1", "ts-2"], timeout=6 * TTL)
     yield started
     started.stop()
@@ -108,6 +110,7 @@ async def test_the_phoenix_client_recovers_what_it_missed(cluster, kill_owner):
         await process.wait()
 
 
+@pytest.mark.parametrize("cluster", REDIS_KINDS, indirect=True)
 async def test_two_hundred_clients_recover_at_once_after_a_deploy(cluster):
     """A deploy: every client of a room drops at once, misses 10 messages, and rejoins at the same
     moment with its last position; each gets exactly the 10 it missed, in order, then live ones."""

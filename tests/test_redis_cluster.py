@@ -10,8 +10,7 @@ import time
 import pytest
 
 from pubsub.transport.base import inbox_stream, node_stream
-from tests.conftest import Cluster
-from tests.test_failover import TTL, Workload, assert_exactly_once, wait_for_ring
+from tests.test_failover import TOPICS, assert_exactly_once, running_workload
 
 pytestmark = pytest.mark.processes
 
@@ -23,17 +22,8 @@ ROLE_TIMEOUT = 30.0
 @pytest.fixture
 async def cluster_workload(request):
     """The workload on a Redis Cluster; request.param: "redis-cluster" or "redis-cluster-replicated"."""
-    cluster = Cluster(topic_servers=SERVERS, redis=request.param, DPS_LIVENESS_TTL=str(TTL), DPS_PUBLISH_RATE="0")
-    started = None
-    try:
-        wait_for_ring(cluster, list(SERVERS))
-        started = Workload(cluster)
-        await started.start()
+    async with running_workload(request.param) as started:
         yield started
-    finally:
-        if started is not None:
-            await started.stop()
-        cluster.stop()
 
 
 async def publish_while(workload, job):
@@ -44,8 +34,26 @@ async def publish_while(workload, job):
     return await running
 
 
+async def publish_after(workload, what):
+    """A second more of publishing, then every accepted publish must have arrived exactly once."""
+    await workload.publish(1)
+    await workload.settle()
+    report = workload.report()
+    print(f"\n{what}, under load: {report}")
+    assert_exactly_once(report)
+
+
 def streams_on(redis, port):
     return [stream for stream in STREAMS if redis.port_of(stream) == port]
+
+
+def busiest_master(redis) -> tuple[int, int | None, list[str]]:
+    """The master holding the most DPS streams, its replica (if it has one), and those streams."""
+    roles = redis.roles()
+    masters = [port for port, role in roles.items() if role["role"] == "master"]
+    master = max(masters, key=lambda port: len(streams_on(redis, port)))
+    replica = next((port for port, role in roles.items() if role["master"] == roles[master]["id"]), None)
+    return master, replica, streams_on(redis, master)
 
 
 def wait_for_roles(redis, check, what, timeout=ROLE_TIMEOUT):
@@ -59,28 +67,28 @@ def wait_for_roles(redis, check, what, timeout=ROLE_TIMEOUT):
 
 
 @pytest.mark.parametrize("cluster_workload", ["redis-cluster"], indirect=True)
-async def test_resharding_a_master_empty_mid_stream(cluster_workload):
-    """``redis-cli --cluster reshard`` moves every slot of the master holding the most DPS streams to
-    another while messages flow: the clients follow MOVED/ASK, and a blocked XREAD whose stream moved
-    is redirected."""
+async def test_resharding_mid_stream(cluster_workload):
+    """Every slot holding DPS keys on the master with the most DPS streams (node streams, inboxes,
+    the rooms' numbers and histories) moves to another master, slot by slot as ``redis-cli --cluster
+    reshard`` does it, while messages flow: the clients follow MOVED/ASK, and a blocked XREAD whose
+    stream moved is redirected."""
     workload, redis = cluster_workload, cluster_workload.cluster.redis
     await workload.publish(1)
-    masters = [port for port, role in redis.roles().items() if role["role"] == "master"]
-    source = max(masters, key=lambda port: len(streams_on(redis, port)))
-    target = next(port for port in masters if port != source)
-    moving = streams_on(redis, source)
+    source, _, moving = busiest_master(redis)
+    target = next(port for port, role in redis.roles().items() if role["role"] == "master" and port != source)
+    keys = STREAMS + [key for topic in TOPICS for key in (f"dps:seq:{{{topic}}}", f"dps:hist:{{{topic}}}")]
+    slots = sorted({redis.slot_of(key) for key in keys if redis.port_of(key) == source})
     assert moving, "no DPS stream lives on any master?"
-    slots = redis.roles()[source]["slots"]
+
+    def reshard():
+        for slot in slots:
+            redis.move_slot(slot, source, target)
+
     started = time.monotonic()
-    await publish_while(workload, lambda: redis.reshard(source, target, slots))
+    await publish_while(workload, reshard)
     took = time.monotonic() - started
-    assert redis.roles()[source]["slots"] == 0, redis.roles()
     assert all(redis.port_of(stream) == target for stream in moving)
-    await workload.publish(1)  # and after it
-    await workload.settle()
-    report = workload.report()
-    print(f"\nresharded {slots} slots ({', '.join(moving)} among them) in {took:.1f} s under load: {report}")
-    assert_exactly_once(report)
+    await publish_after(workload, f"moved {len(slots)} slots ({', '.join(moving)} among them) in {took:.1f} s")
 
 
 @pytest.mark.parametrize("cluster_workload", ["redis-cluster-replicated"], indirect=True)
@@ -89,11 +97,7 @@ async def test_a_planned_failover_of_a_master_mid_stream(cluster_workload):
     the master holding the most DPS streams, while messages flow."""
     workload, redis = cluster_workload, cluster_workload.cluster.redis
     await workload.publish(1)
-    roles = redis.roles()
-    masters = [port for port, role in roles.items() if role["role"] == "master"]
-    master = max(masters, key=lambda port: len(streams_on(redis, port)))
-    replica = next(port for port, role in roles.items() if role["master"] == roles[master]["id"])
-    moving = streams_on(redis, master)
+    master, replica, moving = busiest_master(redis)
 
     def fail_over():
         redis.cli(replica, "cluster", "failover")
@@ -101,11 +105,7 @@ async def test_a_planned_failover_of_a_master_mid_stream(cluster_workload):
 
     await publish_while(workload, fail_over)
     assert all(redis.port_of(stream) == replica for stream in moving)
-    await workload.publish(1)
-    await workload.settle()
-    report = workload.report()
-    print(f"\nplanned failover of the master of {', '.join(moving)}: {report}")
-    assert_exactly_once(report)
+    await publish_after(workload, f"planned failover of the master of {', '.join(moving)}")
 
 
 @pytest.mark.parametrize("cluster_workload", ["redis-cluster-replicated"], indirect=True)
@@ -119,11 +119,7 @@ async def test_kill_9_of_a_master_mid_stream(cluster_workload):
     workload, redis = cluster_workload, cluster_workload.cluster.redis
     await workload.publish(1)
     await workload.settle()
-    roles = redis.roles()
-    masters = [port for port, role in roles.items() if role["role"] == "master"]
-    master = max(masters, key=lambda port: len(streams_on(redis, port)))
-    replica = next(port for port, role in roles.items() if role["master"] == roles[master]["id"])
-    moving = streams_on(redis, master)
+    master, replica, moving = busiest_master(redis)
     killed = time.monotonic()
     next(member for member in redis.servers if member.port == master).stop(signal.SIGKILL)
 
