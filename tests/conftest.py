@@ -57,22 +57,26 @@ class Cluster:
         self.settings = {"DPS_TOPIC_SERVERS": ",".join(topic_servers), "DPS_REDIS_URL": self.redis.url, **settings}
         self.topic_servers = {}
         self.nodes = {}
-        try:
+        try:  # each kind side by side: their Python start-ups overlap
             for name in topic_servers:
-                self.start_topic_server(name)
+                self.start_topic_server(name, wait=False)
+            for server in self.topic_servers.values():
+                server.wait_ready()
             for name in nodes:
-                self.start_node(name)
+                self.start_node(name, wait=False)
+            for node in self.nodes.values():
+                node.wait_ready()
         except BaseException:
             self.stop()
             raise
 
-    def start_topic_server(self, name):
+    def start_topic_server(self, name, wait=True):
         args = self.topic_server_args.get(name, ())
-        self.topic_servers[name] = TopicServerProcess(name, self.redis, args, **self.settings)
+        self.topic_servers[name] = TopicServerProcess(name, self.redis, args, wait, **self.settings)
         return self.topic_servers[name]
 
-    def start_node(self, name, application="dps_site.asgi:application"):
-        self.nodes[name] = DaphneNode(application, DPS_NODE=name, **self.settings)
+    def start_node(self, name, application="dps_site.asgi:application", wait=True):
+        self.nodes[name] = DaphneNode(application, wait=wait, DPS_NODE=name, **self.settings)
         return self.nodes[name]
 
     def stop(self):

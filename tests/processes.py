@@ -228,21 +228,32 @@ class RedisClusterServer:
 
 
 class TopicServerProcess(ManagedProcess):
-    """``manage.py runtopicserver --name NAME``; ready once it has registered in Redis."""
+    """``manage.py runtopicserver --name NAME``; ready once it has registered in Redis (with
+    wait=False, once wait_ready() returns: several then start side by side)."""
 
     def __init__(
-        self, name: str, redis: RedisServer | RedisClusterServer, extra_args: tuple[str, ...] = (), **settings: str
+        self,
+        name: str,
+        redis: RedisServer | RedisClusterServer,
+        extra_args: tuple[str, ...] = (),
+        wait: bool = True,
+        **settings: str,
     ):
         self.server_name = name
-        launched = time.time()
+        self.redis = redis
+        self.launched = time.time()
         super().__init__(
             [sys.executable, "manage.py", "runtopicserver", "--name", name, *extra_args],
             dps_env(**{"DPS_REDIS_URL": redis.url, **settings}),
             f"ts-{name}",
         )
-        client = redis.client()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        name, client = self.server_name, self.redis.client()
         deadline = time.monotonic() + START_TIMEOUT
-        while (client.zscore("dps:topicservers", name) or 0) < launched:
+        while (client.zscore("dps:topicservers", name) or 0) < self.launched:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"topic server {name} did not register:\n{self.output()}")
@@ -254,7 +265,11 @@ class DaphneNode(ManagedProcess):
     """``daphne dps_site.asgi:application`` on a free loopback port."""
 
     def __init__(
-        self, application: str = "dps_site.asgi:application", daphne_args: tuple[str, ...] = (), **settings: str
+        self,
+        application: str = "dps_site.asgi:application",
+        daphne_args: tuple[str, ...] = (),
+        wait: bool = True,
+        **settings: str,
     ):
         self.port = free_port()
         super().__init__(
@@ -262,6 +277,10 @@ class DaphneNode(ManagedProcess):
             dps_env(**settings),
             f"daphne-{self.port}",
         )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         wait_for_port(self.port, self.process, self.log)
 
     def url(self, query: str = "vsn=2.0.0") -> str:
