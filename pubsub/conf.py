@@ -57,7 +57,10 @@ def check_redis_url(url, name="DPS_REDIS_URL"):
     """Return url if it is a Redis URL redis-py reads as meant; else raise ConfigurationError naming the setting."""
     problem = _redis_url_problem(url)
     if problem:
-        raise ConfigurationError(f"{name}={url!r} is not a Redis URL: {problem}; e.g. {EXAMPLE_REDIS_URL}")
+        from pubsub.transport.redis_clients import is_cluster
+
+        example = "redis+cluster://10.0.0.5:7000,10.0.0.6:7000" if is_cluster(url) else EXAMPLE_REDIS_URL
+        raise ConfigurationError(f"{name}={url!r} is not a usable Redis URL: {problem}; e.g. {example}")
     return url
 
 

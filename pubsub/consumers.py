@@ -232,8 +232,9 @@ class PhoenixSocket(AsyncConsumer):
             channels, self.joins = list(self.joins.values()), {}
             asyncio.ensure_future(self._end_all(channels))
         discard = getattr(layer, "discard_channel", None)
-        if discard is not None:
-            discard(self.channel_name)
+        channel_name = getattr(self, "channel_name", None)  # none if the layer could not start
+        if discard is not None and channel_name is not None:
+            discard(channel_name)
 
     async def _end_all(self, channels: list[Channel]) -> None:
         try:

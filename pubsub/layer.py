@@ -268,22 +268,14 @@ class TopicRingLayer(
         """Fail at process start, naming the setting, if Redis is configured but unreachable."""
         if self.redis_url is None:
             return
-        from redis.exceptions import RedisClusterException, RedisError
+        from pubsub.transport.redis_clients import connection_problem
 
-        from pubsub.transport.redis_clients import sync_client
-
-        client = None
-        try:
-            client = sync_client(self.redis_url, socket_connect_timeout=3, socket_timeout=3)
-            client.ping()
-        except (RedisError, RedisClusterException, OSError) as exc:  # (a cluster found no member: the latter)
+        problem = connection_problem(self.redis_url)
+        if problem:
             raise ConfigurationError(
-                f"DPS_REDIS_URL={self.redis_url!r}: Redis is unreachable ({exc}). "
-                "Start Redis there, or unset DPS_REDIS_URL for the embedded single-process mode."
-            ) from None
-        finally:
-            if client is not None:
-                client.close()
+                f"DPS_REDIS_URL={self.redis_url!r}: {problem}, or unset DPS_REDIS_URL for the embedded "
+                "single-process mode."
+            )
 
     def discard_channel(self, channel: str) -> None:
         """Forget a closed channel's mailbox, fastlane and closer now (its groups must have been left already)."""

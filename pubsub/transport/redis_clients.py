@@ -15,7 +15,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-__all__ = ["CLUSTER_SCHEMES", "is_cluster", "cluster_members", "async_client", "sync_client", "BoundedRedisCluster"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "is_cluster",
+    "cluster_members",
+    "async_client",
+    "sync_client",
+    "BoundedRedisCluster",
+    "connection_problem",
+]
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
@@ -98,3 +106,25 @@ def sync_client(url: str, **options):
 
     members, connection = cluster_members(url)
     return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in members], **connection, **options)
+
+
+def connection_problem(url: str, timeout: float = 3.0) -> str | None:
+    """Why url cannot serve DPS (unreachable, or a cluster member named as one Redis, or the
+    reverse), in words for the user; None if it answers as the URL says it should."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    client = None
+    try:
+        client = sync_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        client.ping()
+        if not is_cluster(url) and client.info("cluster").get("cluster_enabled"):
+            netloc = urlsplit(url).netloc.rpartition("@")[2]
+            return f"it is a member of a Redis Cluster: name it redis+cluster://{netloc} (one member is enough)"
+    except (RedisError, RedisClusterException, OSError) as exc:
+        if is_cluster(url) and "cluster mode is not enabled" in str(exc).lower():
+            return "it is a single Redis, not a Redis Cluster: name it redis://host:port/db"
+        return f"Redis is unreachable ({exc}). Start Redis there"
+    finally:
+        if client is not None:
+            client.close()
+    return None

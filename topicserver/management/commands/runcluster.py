@@ -94,6 +94,10 @@ class Command(BaseCommand):
             if redis_cluster < 3:
                 raise CommandError("--redis-cluster needs at least 3 masters (Redis Cluster's own minimum).")
             ports = range(redis_cluster_port, redis_cluster_port + redis_cluster)
+            if not 0 < ports[0] <= ports[-1] < 65536:
+                raise CommandError(
+                    f"--redis-cluster-port {redis_cluster_port}: its {redis_cluster} ports must be 1-65535."
+                )
             redis_url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
         try:
             check_redis_url(redis_url, "--redis-url")
@@ -183,10 +187,11 @@ class Command(BaseCommand):
         """A redis-server in cluster mode on each port, joined by redis-cli; ready once every slot is served."""
         directory = tempfile.mkdtemp(prefix="dps-redis-cluster-")  # their nodes.conf files
         self.cleanups.append(lambda: shutil.rmtree(directory, ignore_errors=True))
+        taken = [port for port in ports if self._redis_answers(f"redis://127.0.0.1:{port}/0")]
+        if taken:
+            raise CommandError(f"a Redis already answers on port {taken}: --redis-cluster starts its own.")
         for port in ports:
             url = f"redis://127.0.0.1:{port}/0"
-            if self._redis_answers(url):
-                raise CommandError(f"a Redis already answers on port {port}: --redis-cluster starts its own.")
             config = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf", "--dir", directory]
             config += ["--cluster-port", str(self._free_port())]  # (port + 10000 may not exist)
             self._start_redis(url, config)

@@ -14,6 +14,7 @@ from pubsub.metrics import topic_server_registry
 from pubsub.tasks import stop_tasks
 from pubsub.tokens import warn_if_development_key
 from pubsub.transport.redis import redis_transport
+from pubsub.transport.redis_clients import connection_problem
 from topicserver.server import TopicServer
 
 logger = logging.getLogger("topicserver")
@@ -63,6 +64,9 @@ class Command(BaseCommand):
             check_redis_url(redis_url, source)
         except ConfigurationError as exc:
             raise CommandError(str(exc)) from None
+        problem = connection_problem(redis_url)
+        if problem:
+            raise CommandError(f"{source}={redis_url!r}: {problem}, or point {source} at a running one.")
         asyncio.run(self.serve(name, redis_url, source, metrics_host, metrics_port))
 
     async def serve(self, name: str, redis_url: str, source: str, metrics_host: str, metrics_port: int | None) -> None:
