@@ -9,12 +9,11 @@ whole, byte for byte, in the publisher's order.
 
 import asyncio
 import json
-import socket
 
 import pytest
 import websockets
 
-from tests.processes import HOST
+from tests.test_slow_readers import join, small_buffer_client
 
 pytestmark = pytest.mark.processes
 
@@ -41,21 +40,12 @@ SIZES = [60, 125, 126, 127, 65_535, 65_536, 65_537, 300_000]
 
 
 async def _join(ws, ref):
-    await ws.send(json.dumps([ref, ref, ROOM, "phx_join", {}]))
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        if frame[3] == "phx_reply" and frame[1] == ref:
-            assert frame[4]["status"] == "ok", frame
-            return
+    await join(ws, ref, ROOM)
 
 
 async def _slow_client(url):
     """A client with a small receive buffer: big frames reach it in parts, through Twisted's buffer."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024)
-    sock.connect((HOST, int(url.split(":")[2].split("/")[0])))
-    sock.setblocking(False)
-    return await websockets.connect(url, sock=sock, max_queue=1, ping_interval=None, max_size=None)
+    return await small_buffer_client(url, 8 * 1024)
 
 
 async def _expect(ws, join_ref, messages, pause=0.0):

@@ -31,8 +31,9 @@ def _rss_kib(pid: int, field: str) -> int:
         return int(re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.M).group(1))
 
 
-async def _join(ws, ref="1"):
-    await ws.send(json.dumps([ref, ref, ROOM, "phx_join", {}]))
+async def join(ws, ref="1", room=ROOM):
+    """Join room and wait for its ok reply (frames before it are skipped)."""
+    await ws.send(json.dumps([ref, ref, room, "phx_join", {}]))
     while True:
         frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
         if frame[3] == "phx_reply" and frame[1] == ref:
@@ -40,14 +41,19 @@ async def _join(ws, ref="1"):
             return
 
 
-async def _stuck_client(url):
-    """Joins, then never reads again; the kernel buffers on its side are kept small."""
+async def small_buffer_client(url, receive_buffer):
+    """A websocket whose kernel receive buffer is kept small: big frames reach it in parts."""
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.connect((HOST, int(url.split(":")[2].split("/")[0])))
     sock.setblocking(False)
-    ws = await websockets.connect(url, sock=sock, max_queue=1, ping_interval=None, max_size=None)
-    await _join(ws)
+    return await websockets.connect(url, sock=sock, max_queue=1, ping_interval=None, max_size=None)
+
+
+async def _stuck_client(url):
+    """Joins, then never reads again; the kernel buffers on its side are kept small."""
+    ws = await small_buffer_client(url, 16 * 1024)
+    await join(ws)
     return ws
 
 
@@ -88,10 +94,10 @@ async def _busy_room(node, stuck_clients: int) -> dict:
     pid, url = node.process.pid, node.url()
     readers = [await websockets.connect(url, max_size=None, ping_interval=None) for _ in range(READERS)]
     for ws in readers:
-        await _join(ws)
+        await join(ws)
     stuck = [await _stuck_client(url) for _ in range(stuck_clients)]
     publisher = await websockets.connect(url, max_size=None, ping_interval=None)
-    await _join(publisher, "p")
+    await join(publisher, "p")
     baseline = _rss_kib(pid, "VmRSS")
     latencies = []
     reading = [asyncio.ensure_future(_read_all(ws, MESSAGES, latencies)) for ws in [*readers, publisher]]
