@@ -149,11 +149,9 @@ class SlowReaderGuard:
             watches = list(self._watches)
         else:
             watches = list(self._pending)
-        pending = self._pending
         for watch in watches:
             if watch.cut:
-                self._watches.discard(watch)
-                pending.discard(watch)
+                self.forget(watch)
                 continue
             unsent, mark = watch.unsent(), watch.progress_mark()
             if unsent <= self.max_buffer:
@@ -162,14 +160,13 @@ class SlowReaderGuard:
                 watch.over_since = now  # one reading over the cap may be a burst
             elif mark == watch.written_mark or now - watch.over_since >= self.patience:
                 watch.cut_off(unsent)  # over the cap and not draining, or never catching up
-                self._watches.discard(watch)
-                pending.discard(watch)
+                self.forget(watch)
                 continue
             watch.written_mark = mark
             if unsent:
-                pending.add(watch)
+                self._pending.add(watch)
             else:
-                pending.discard(watch)  # drained: the next write that leaves bytes notes it again
+                self._pending.discard(watch)  # drained: the next write that leaves bytes notes it again
 
     async def _sweep_forever(self) -> None:
         while True:

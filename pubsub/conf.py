@@ -65,9 +65,9 @@ def check_redis_url(url, name="DPS_REDIS_URL"):
 
 
 def _redis_url_problem(url):
-    from pubsub.transport.redis_clients import CLUSTER_SCHEMES, cluster_members
+    from pubsub.transport.redis_clients import cluster_members, is_cluster
 
-    if urlparse(url).scheme in CLUSTER_SCHEMES:
+    if is_cluster(url):
         try:
             cluster_members(url)
         except ValueError as exc:

@@ -123,6 +123,7 @@ class RedisTransport:
         self._readers: dict = {}
         self.appends = AppendCoalescer(self._append_pipeline)
         self._sync_clients: list = []
+        self._legacy_sequences: bool | None = None  # does the pre-0.13 dps:seq hash exist?
 
     def _reader(self, stream: str):
         reader = self._readers.get(stream)
@@ -309,7 +310,9 @@ class RedisTransport:
             raise TransportError(f"reading sequence numbers failed: {exc}") from exc
         found = {topic: int(value) for topic, value in zip(topics, values, strict=True) if value is not None}
         missing = [topic for topic in topics if topic not in found]
-        if missing:  # numbered before sequence numbers had a key per topic (upgrading keeps them)
+        if self._legacy_sequences is None:  # asked once: a Redis without the old hash never gets one
+            self._legacy_sequences = bool(await self._call("EXISTS", _LEGACY_SEQUENCES_KEY))
+        if missing and self._legacy_sequences:  # numbered before each topic had a key (upgrading keeps them)
             values = await self._call("HMGET", _LEGACY_SEQUENCES_KEY, *missing)
             found.update({t: int(v) for t, v in zip(missing, values, strict=True) if v is not None})
         return found

@@ -51,9 +51,6 @@ class RedisClusterTransport(RedisTransport):
         for key, value in mapping.items():
             pipe.set(key, value)
 
-    async def _drop_connections(self) -> None:
-        """The cluster client reconnects and re-learns the slots itself after a failure."""
-
     @staticmethod
     async def _drop_idle(client) -> None:
-        pass
+        """The cluster client reconnects and re-learns the slots itself after a failure."""

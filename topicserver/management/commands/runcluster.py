@@ -200,12 +200,18 @@ class Command(BaseCommand):
         if done.returncode != 0:
             raise CommandError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
         deadline = time.monotonic() + REDIS_START_TIMEOUT
-        probe = redis.Redis(port=ports[0], socket_timeout=1)
-        while b"cluster_state:ok" not in probe.execute_command("CLUSTER", "INFO"):
-            if time.monotonic() > deadline:
-                raise CommandError(f"the Redis Cluster did not serve every slot within {REDIS_START_TIMEOUT:.0f} s")
-            time.sleep(0.1)
-        probe.close()
+        with redis.Redis(port=ports[0], socket_timeout=1) as probe:
+            while not self._cluster_ok(probe):
+                if time.monotonic() > deadline:
+                    raise CommandError(f"the Redis Cluster did not serve every slot within {REDIS_START_TIMEOUT:.0f} s")
+                time.sleep(0.1)
+
+    @staticmethod
+    def _cluster_ok(probe) -> bool:
+        try:
+            return b"cluster_state:ok" in probe.execute_command("CLUSTER", "INFO")
+        except (redis.RedisError, OSError):  # (a member still starting: not yet)
+            return False
 
     def _start_redis(self, url: str, config: tuple | list = ()) -> None:
         parsed = urlparse(url)
