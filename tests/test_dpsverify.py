@@ -18,15 +18,69 @@ import pytest
 
 from pubsub import entries
 from pubsub.transport.base import node_stream
+from pubsub.verification.plan import MAX_TOPICS_PER_SOCKET, make_plan, socket_url
+from pubsub.verification.workload import _numbers
 from tests.conftest import Cluster
 from tests.processes import ROOT, dps_env, free_port
-
-pytestmark = pytest.mark.processes
 
 LAST_LINE = re.compile(
     r"^verify: accepted (\d+), lost (\d+), duplicated (\d+), reordered (\d+), refused (\d+), p99 (\d+\.\d|n/a) ms$"
 )
 RUN_TIMEOUT = 60
+
+
+@pytest.mark.parametrize(
+    "given, address",
+    [
+        ("ws://127.0.0.1:4000/socket", "ws://127.0.0.1:4000/socket/websocket?vsn=2.0.0"),
+        ("ws://127.0.0.1:4000/socket/", "ws://127.0.0.1:4000/socket/websocket?vsn=2.0.0"),
+        ("wss://dps.example/socket/websocket", "wss://dps.example/socket/websocket?vsn=2.0.0"),
+        ("ws://h:1/socket/websocket?vsn=1.0.0&token=t", "ws://h:1/socket/websocket?token=t&vsn=2.0.0"),
+    ],
+)
+def test_a_socket_endpoint_becomes_its_websocket_address(given, address):
+    assert socket_url(given) == address
+
+
+@pytest.mark.parametrize("given", ["http://127.0.0.1:4000/socket", "ws://", "ws://h:port/socket", "127.0.0.1:4000"])
+def test_what_is_no_websocket_url_is_refused(given):
+    with pytest.raises(ValueError, match="ws://"):
+        socket_url(given)
+
+
+def test_every_topic_has_subscribers_on_every_url_and_publishers_stay_under_the_socket_rate():
+    plan = make_plan(topics=20, subscribers=100, urls=2, rate=50, socket_rate=40)
+    assert {(t, url) for t, url in plan.subscribers} == {(t, url) for t in range(20) for url in range(2)}
+    assert [url for _, url in plan.subscribers].count(0) == 50
+    assert [p.url for p in plan.publishers] == [0, 1] and plan.socket_rate(50) == 25
+    routed = [plan.route(k) for k in range(1000)]
+    assert {t: [t for t, _ in routed].count(t) for t in range(20)} == dict.fromkeys(range(20), 50)
+    assert [p for _, p in routed].count(0) == 500
+
+
+def test_many_topics_and_a_high_rate_spread_over_sockets_that_join_at_most_100_topics():
+    topics, rate = 250, 500
+    plan = make_plan(topics=topics, subscribers=topics, urls=3, rate=rate, socket_rate=40)
+    assert all(len(p.topics) <= MAX_TOPICS_PER_SOCKET for p in plan.publishers)
+    seconds = 10
+    sent = [0] * len(plan.publishers)
+    for k in range(rate * seconds):
+        topic, publisher = plan.route(k)
+        assert topic == k % topics and topic in plan.publishers[publisher].topics
+        sent[publisher] += 1
+    assert max(sent) / seconds <= 40 and plan.socket_rate(rate) <= 40
+    assert {p.url for p in plan.publishers} == {0, 1, 2}
+
+
+def test_a_recovering_broadcast_ref_carries_epoch_and_seq():
+    assert [_numbers(ref) for ref in ["e1f:17", "a:b:3", ":4", None, "12", "e:x"]] == [
+        ("e1f", 17),
+        ("a:b", 3),
+        ("", 4),
+        (None, None),
+        (None, None),
+        (None, None),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +224,7 @@ def run_prefix(run):
     return "verify:" + re.search(r"dpsverify: run ([0-9a-f]+):", run.output()).group(1) + ":"
 
 
+@pytest.mark.processes
 def test_a_healthy_run_passes(cluster, dpsverify):
     run = dpsverify(*urls(cluster, "ws-a", "ws-b"), "--topics", "4", "--subscribers", "8", "--duration", "2")
     code, lines, summary = finished(run)
@@ -181,6 +236,7 @@ def test_a_healthy_run_passes(cluster, dpsverify):
     assert len([line for line in lines if line.startswith("verify:") and not line.startswith("verify: ")]) == 4
 
 
+@pytest.mark.processes
 def test_messages_removed_from_a_node_stream_are_reported_lost(cluster, dpsverify):
     args = ["--topics", "4", "--subscribers", "8", "--rate", "40", "--duration", "3", "--settle", "1"]
     run = dpsverify(*urls(cluster, "ws-a", "ws-b"), *args, "--no-recover")
@@ -195,6 +251,7 @@ def test_messages_removed_from_a_node_stream_are_reported_lost(cluster, dpsverif
     assert total_row(lines)["order"] == "merged"  # plain joins carry no numbers
 
 
+@pytest.mark.processes
 def test_a_loss_the_server_owns_up_to_is_reported_unrecoverable(cluster, dpsverify):
     args = ["--topics", "4", "--subscribers", "8", "--rate", "40", "--duration", "3", "--settle", "3"]
     run = dpsverify(*urls(cluster, "ws-a", "ws-b"), *args)
@@ -210,6 +267,7 @@ def test_a_loss_the_server_owns_up_to_is_reported_unrecoverable(cluster, dpsveri
     assert code == 0
 
 
+@pytest.mark.processes
 def test_subscribers_of_a_killed_node_reconnect_and_recover(cluster, dpsverify):
     doomed = cluster.start_node("ws-c")
     args = ["--topics", "4", "--subscribers", "8", "--rate", "40", "--duration", "3", "--settle", "5"]
@@ -225,6 +283,7 @@ def test_subscribers_of_a_killed_node_reconnect_and_recover(cluster, dpsverify):
     assert total_row(lines)["dropped"] == "0"
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     "args, says",
     [
@@ -243,6 +302,7 @@ def test_bad_arguments_exit_2(args, says):
     assert done.returncode == 2 and all(text in done.stderr for text in says), done.stderr
 
 
+@pytest.mark.processes
 def test_an_unreachable_url_exits_2():
     url = f"ws://127.0.0.1:{free_port()}/socket"
     done = subprocess.run(
