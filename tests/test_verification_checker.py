@@ -182,6 +182,7 @@ def test_report_lines_end_with_the_summary():
     assert lines[0].split()[:4] == ["topic", "subs", "sent", "accepted"]
     assert lines[1].split()[:7] == [T, "2", "4", "3", "1", "0", "0"]
     assert "  verify:r:0: rate limited: 1" in lines
+    assert "  verify:r:0: lost 2" in lines  # the ids at fault, for a look at the server's logs
     assert lines[-1] == "verify: accepted 3, lost 1, duplicated 0, reordered 0, refused 1, p99 99000.0 ms"
     assert not result.passed
 

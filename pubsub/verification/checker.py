@@ -119,6 +119,7 @@ class TopicCounts:
     deliveries: int = 0
     order: str = "seq"  # "seq": the owner's numbers; "merged": the subscribers' orders merged
     latencies: list[float] = field(default_factory=list)  # seconds, publish sent -> first arrival
+    faults: dict[str, set[int]] = field(default_factory=dict)  # "lost"/"duplicated"/"reordered" -> ids
 
     @property
     def refused_total(self) -> int:
@@ -213,7 +214,11 @@ def _check_topic(topic: str, publishes: list[Publish], subscribers: list[Subscri
     row.lost, row.duplicated = len(lost), len(duplicated)
     numbered = all(d.seq is not None for s in subscribers for d in s.deliveries)
     row.order = "seq" if numbered else "merged"
-    row.reordered = len(_out_of_seq_order(subscribers, labels) if numbered else _out_of_merged_order(subscribers))
+    reordered = _out_of_seq_order(subscribers, labels) if numbered else _out_of_merged_order(subscribers)
+    row.reordered = len(reordered)
+    row.faults = {
+        name: ids for name, ids in [("lost", lost), ("duplicated", duplicated), ("reordered", reordered)] if ids
+    }
     return row
 
 

@@ -8,6 +8,8 @@ from pubsub.verification.checker import Report, TopicCounts
 
 __all__ = ["COLUMNS", "lines", "summary"]
 
+SHOWN_IDS = 10
+
 # (heading, what the README says it means)
 COLUMNS = [
     ("topic", "the topic"),
@@ -48,6 +50,13 @@ def lines(report: Report) -> list[str]:
         )
 
     out = [line(table[0]), *map(line, table[1:-1]), "-" * len(line(table[0])), line(table[-1])]
+    faulty = [row for row in report.topics if row.faults]
+    if faulty:
+        out.append(f"ids at fault (at most {SHOWN_IDS} a kind):")
+        for row in faulty:
+            for kind, ids in row.faults.items():
+                shown = ", ".join(map(str, sorted(ids)[:SHOWN_IDS]))
+                out.append(f"  {row.topic}: {kind} {shown}{', ...' if len(ids) > SHOWN_IDS else ''}")
     if report.total.refused:
         out.append("refused by reason:")
         for row in [*report.topics, report.total]:
