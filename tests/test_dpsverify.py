@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from pubsub import entries
 from pubsub.transport.base import node_stream
@@ -85,8 +86,9 @@ def test_a_recovering_broadcast_ref_carries_epoch_and_seq():
 
 @pytest.fixture(scope="module")
 def cluster():
-    """2 topic servers and 2 nodes over one Redis, default settings; each run uses topics of its own."""
-    started = Cluster()
+    """2 topic servers and 3 nodes over one Redis, default settings; each run uses topics of its own.
+    ws-c is the one a test kills."""
+    started = Cluster(nodes=("ws-a", "ws-b", "ws-c"))
     yield started
     started.stop()
 
@@ -238,7 +240,7 @@ def test_a_healthy_run_passes(cluster, dpsverify):
 
 @pytest.mark.processes
 def test_messages_removed_from_a_node_stream_are_reported_lost(cluster, dpsverify):
-    args = ["--topics", "4", "--subscribers", "8", "--rate", "40", "--duration", "3", "--settle", "1"]
+    args = ["--topics", "4", "--subscribers", "8", "--rate", "40", "--duration", "2", "--settle", "1"]
     run = dpsverify(*urls(cluster, "ws-a", "ws-b"), *args, "--no-recover")
     prefix = run_prefix(run)
     wait_for_output(run, "dpsverify: publishing")
@@ -253,7 +255,7 @@ def test_messages_removed_from_a_node_stream_are_reported_lost(cluster, dpsverif
 
 @pytest.mark.processes
 def test_a_loss_the_server_owns_up_to_is_reported_unrecoverable(cluster, dpsverify):
-    args = ["--topics", "4", "--subscribers", "8", "--rate", "40", "--duration", "3", "--settle", "3"]
+    args = ["--topics", "4", "--subscribers", "8", "--rate", "40", "--duration", "2", "--settle", "3"]
     run = dpsverify(*urls(cluster, "ws-a", "ws-b"), *args)
     prefix = run_prefix(run)
     wait_for_output(run, "dpsverify: publishing")
@@ -269,7 +271,7 @@ def test_a_loss_the_server_owns_up_to_is_reported_unrecoverable(cluster, dpsveri
 
 @pytest.mark.processes
 def test_subscribers_of_a_killed_node_reconnect_and_recover(cluster, dpsverify):
-    doomed = cluster.start_node("ws-c")
+    doomed = cluster.nodes["ws-c"]
     args = ["--topics", "4", "--subscribers", "8", "--rate", "40", "--duration", "3", "--settle", "5"]
     run = dpsverify(*urls(cluster, "ws-c", "ws-a"), *args)
     prefix = run_prefix(run)
@@ -283,23 +285,29 @@ def test_subscribers_of_a_killed_node_reconnect_and_recover(cluster, dpsverify):
     assert total_row(lines)["dropped"] == "0"
 
 
-@pytest.mark.processes
 @pytest.mark.parametrize(
     "args, says",
     [
-        ([], ["the following arguments are required: --url"]),
         (
             ["--url", "http://127.0.0.1:4000/socket", "--rate", "0"],
             ["is not a websocket URL; give ws://HOST:PORT/socket", "--rate must be more than 0"],
         ),
         (["--url", "ws://127.0.0.1:4000/socket", "--topics", "5", "--subscribers", "4"], ["at least --topics"]),
+        (["--url", "ws://127.0.0.1:4000/socket", "--settle", "-1"], ["--settle must be 0 or more"]),
     ],
 )
-def test_bad_arguments_exit_2(args, says):
+def test_bad_arguments_are_refused_with_exit_code_2(args, says):
+    with pytest.raises(CommandError) as refused:
+        call_command("dpsverify", *args)
+    assert refused.value.returncode == 2 and all(text in str(refused.value) for text in says), refused.value
+
+
+@pytest.mark.processes
+def test_a_missing_url_exits_2():
     done = subprocess.run(
-        [sys.executable, "manage.py", "dpsverify", *args], cwd=ROOT, env=dps_env(), capture_output=True, text=True
+        [sys.executable, "manage.py", "dpsverify"], cwd=ROOT, env=dps_env(), capture_output=True, text=True
     )
-    assert done.returncode == 2 and all(text in done.stderr for text in says), done.stderr
+    assert done.returncode == 2 and "the following arguments are required: --url" in done.stderr, done.stderr
 
 
 @pytest.mark.processes
