@@ -51,6 +51,10 @@ class CountingTransport:
         self.appended.extend(stream for stream, _ in appends)
         return await self.transport.deliver(server, generation, appends, cursor)
 
+    async def commit(self, server, generation, numberings, appends, cursor, *history):
+        self.appended.extend(stream for stream, _, _ in appends)  # (all stored here: nothing is refused)
+        return await self.transport.commit(server, generation, numberings, appends, cursor, *history)
+
 
 @pytest.fixture(scope="module")
 def module_redis():

@@ -172,14 +172,14 @@ class LosingTransport:
     def __getattr__(self, name):
         return getattr(self.transport, name)
 
-    async def deliver(self, server, generation, appends, cursor):
+    async def commit(self, server, generation, numberings, appends, cursor, *history):
         kept = []
-        for stream, data in appends:
+        for stream, data, topic in appends:
             fields = entries.unpack(data, entries.NODE_OPS) if stream.startswith("dps:node:") else None
             if fields and fields[0] == "msg" and fields[2] in self.lose:
                 continue
-            kept.append((stream, data))
-        return await self.transport.deliver(server, generation, kept, cursor)
+            kept.append((stream, data, topic))
+        return await self.transport.commit(server, generation, numberings, kept, cursor, *history)
 
 
 @pytest.mark.parametrize("history_size, filled", [(100, True), (0, False)])

@@ -63,90 +63,80 @@ class Fencing:
     """Mixed into TopicServer: numbering a batch under the fences, then delivering it."""
 
     async def _commit(self, pending: list[Pending], outgoing: list, tail: list, cursor: str) -> None:
-        """Number pending under the fences, then deliver outgoing, the numbered messages and tail
-        (in that order), then move the cursor. A retry may repeat appends, which nodes and owners
-        drop as repeats; what still fails is counted, logged, and seen as a gap."""
-        delivered = [*outgoing, *await self._number(pending), *tail]
-        for delay in _SEND_RETRY_DELAYS:
-            try:
-                moved = await self.transport.deliver(self.name, self.generation, delivered, cursor)
-                break
-            except TransportError as exc:
-                error = exc
-                await asyncio.sleep(delay)
-        else:
-            self.stats["lost_node_messages"] += len(delivered)
-            logger.error("topic server %s lost %d node messages: %s", self.name, len(delivered), error)
-            return
-        if not moved:
-            await self._inbox_was_taken()
-
-    async def _number(self, pending: list[Pending]) -> list[tuple[str, bytes]]:
-        """The node messages of pending, numbered and stored per topic under its fence; forwards
-        for the topics a newer generation numbers."""
+        """Number pending under the fences and deliver outgoing, the numbered messages and tail (in
+        that order), then move the cursor: one round trip on one Redis when no topic is refused.
+        A retry may repeat appends, which nodes and owners drop as repeats; what still fails is
+        counted, logged, and seen as a gap."""
         by_topic: dict[str, list[Pending]] = {}
         for message in pending:
             by_topic.setdefault(message.topic, []).append(message)
-        numbered: dict[str, list[tuple[int, Pending]]] = {}
-        fenced: dict[str, int] = {}
-        waiting = dict(by_topic)
-        for _ in range(_NUMBERING_TRIES):
-            if not waiting:
+        renew = self._renewals(set(by_topic)) if self.history_size else set()
+        numberings, appends = self._plan(by_topic, renew)
+        appends = [*((stream, data, None) for stream, data in outgoing), *appends]
+        appends += ((stream, data, None) for stream, data in tail)
+        for attempt in range(_NUMBERING_TRIES):
+            committed = await self._commit_retrying(numberings, appends, cursor)
+            if committed is None:
+                return
+            verdicts, moved = committed
+            refused = {topic: verdict for topic, verdict in verdicts.items() if verdict[0] != OK}
+            for numbering in numberings:
+                if numbering.topic not in refused:
+                    self.sequences[numbering.topic] = max(self.sequences.get(numbering.topic, 0), numbering.last)
+            self.stats["node_messages"] += sum(
+                1 for _, _, topic in appends if topic is not None and topic not in refused
+            )
+            if not refused:
                 break
-            attempt = {topic: self._numbers(messages) for topic, messages in waiting.items()}
-            verdicts = await self._stored_numbers([numbering for numbering, _ in attempt.values()])
-            waiting = {}
-            for topic, (numbering, seqs) in attempt.items():
-                verdict, value = verdicts[topic]
-                if verdict == OK:
-                    self.sequences[topic] = max(self.sequences.get(topic, 0), numbering.last)
-                    numbered[topic] = seqs
-                elif verdict == TAKEN:  # numbered by an owner the fence now stops: number after it
-                    self.stats["numbers_taken"] += 1
-                    self.sequences[topic] = value
-                    waiting[topic] = by_topic[topic]
-                else:
-                    fenced[topic] = value
-        for topic in waiting:  # still taken after every try: treated as fenced (sent on, not lost)
-            fenced[topic] = self.generation
-        appends = [
-            (node_stream(node), self._node_message(topic, seq, message.message))
-            for topic, seqs in numbered.items()
-            for seq, message in sorted(seqs, key=lambda item: item[0])
-            for node in message.nodes
-        ]
-        self.stats["node_messages"] += len(appends)
-        if fenced:
-            appends += await self._forward_fenced({topic: by_topic[topic] for topic in fenced}, fenced)
-        return appends
+            taken = {topic for topic, (verdict, _) in refused.items() if verdict == TAKEN}
+            if attempt == _NUMBERING_TRIES - 2:  # still taken: sent on (to itself if need be), not lost
+                taken = set()
+            for topic in taken:  # numbered by an owner the fence now stops: number after it
+                self.stats["numbers_taken"] += 1
+                self.sequences[topic] = refused[topic][1]
+            fenced = {topic: value for topic, (_, value) in refused.items() if topic not in taken}
+            numberings, appends = self._plan({topic: by_topic[topic] for topic in taken}, renew)
+            if fenced:
+                forwards = await self._forward_fenced({topic: by_topic[topic] for topic in fenced}, fenced)
+                appends += ((stream, data, None) for stream, data in forwards)
+        if moved is False:
+            await self._inbox_was_taken()
 
-    def _numbers(self, messages: list[Pending]) -> tuple[Numbering, list[tuple[int, Pending]]]:
-        """Number one topic's messages after its last known number; resends keep theirs."""
-        topic = messages[0].topic
-        last = max(self.sequences.get(topic, 0), *(message.seq for message in messages))
-        kept, seqs = [], []
-        for message in messages:
-            if message.seq:
-                seq = message.seq
-            else:
-                last += 1
-                seq = last
-                kept.append((seq, message.origin, message.message))
-            seqs.append((seq, message))
-        highest = max(seq for seq, _ in seqs)
-        renew = bool(kept) and bool(self._renewals({topic}))
-        return Numbering(topic, kept[0][0] if kept else 0, highest, kept, renew), seqs
-
-    async def _stored_numbers(self, numberings: list[Numbering]) -> dict[str, tuple[str, int]]:
-        for delay in (*_SEND_RETRY_DELAYS, None):
+    async def _commit_retrying(self, numberings, appends, cursor):
+        """transport.commit, retried for about 3 s; None if it kept failing (counted and logged)."""
+        for delay in _SEND_RETRY_DELAYS:
             try:
-                return await self.transport.number(self.generation, numberings, self.history_size, self.history_ttl)
+                return await self.transport.commit(
+                    self.name, self.generation, numberings, appends, cursor, self.history_size, self.history_ttl
+                )
             except TransportError as exc:
-                if delay is None:
-                    raise
-                logger.warning("topic server %s: numbering failed (%s); retrying", self.name, exc)
+                error = exc
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+        self.stats["lost_node_messages"] += len(appends)
+        logger.error("topic server %s lost %d node messages: %s", self.name, len(appends), error)
+        return None
+
+    def _plan(self, by_topic: dict[str, list[Pending]], renew: set[str]) -> tuple[list[Numbering], list]:
+        """Each topic's numbering after its last known number (resends keep theirs), and its node
+        messages in number order, tagged with the topic (left out if its numbers are refused)."""
+        numberings, appends = [], []
+        for topic, messages in by_topic.items():
+            last = max(self.sequences.get(topic, 0), *(message.seq for message in messages))
+            kept, seqs = [], []
+            for message in messages:
+                if message.seq:
+                    seq = message.seq
+                else:
+                    last += 1
+                    seq = last
+                    kept.append((seq, message.origin, message.message))
+                seqs.append((seq, message))
+            seqs.sort(key=lambda item: item[0])
+            numberings.append(Numbering(topic, kept[0][0] if kept else 0, seqs[-1][0], kept, topic in renew))
+            for seq, message in seqs:
+                data = self._node_message(topic, seq, message.message)
+                appends.extend((node_stream(node), data, topic) for node in message.nodes)
+        return numberings, appends
 
     def _node_message(self, topic: str, seq: int, message: bytes) -> bytes:
         epoch = self._history_epochs.get(topic, ("", 0))[0]

@@ -11,7 +11,18 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Transport", "Numbering", "inbox_stream", "node_stream", "new_epoch", "FIRST_ID", "OK", "FENCED", "TAKEN"]
+__all__ = [
+    "Transport",
+    "Numbering",
+    "commit_in_steps",
+    "inbox_stream",
+    "node_stream",
+    "new_epoch",
+    "FIRST_ID",
+    "OK",
+    "FENCED",
+    "TAKEN",
+]
 
 FIRST_ID = "0-0"
 
@@ -124,9 +135,26 @@ class Transport(Protocol):
         first new number is taken (TAKEN, the last number stored); else raise the fence to generation,
         store the last number and append the kept messages to the history (OK, 0)."""
 
-    async def deliver(self, server: str, generation: int, appends: list[tuple[str, bytes]], cursor: str) -> bool:
-        """The appends in order, then server's inbox cursor, unless a newer generation holds that inbox
-        (then the cursor stays and False is returned). A crash leaves a prefix of these."""
+    async def deliver(
+        self, server: str, generation: int, appends: list[tuple[str, bytes]], cursor: str | None
+    ) -> bool | None:
+        """The appends in order, then server's inbox cursor (None: left as it is), unless a newer
+        generation holds that inbox (then the cursor stays and False is returned). A crash leaves a
+        prefix of these."""
+
+    async def commit(
+        self,
+        server: str,
+        generation: int,
+        numberings: list[Numbering],
+        appends: list[tuple[str, bytes, str | None]],
+        cursor: str,
+        history_size: int,
+        history_ttl: float,
+    ) -> tuple[dict[str, tuple[str, int]], bool | None]:
+        """A batch: number() the numberings; make the appends (stream, data, topic), less those of a
+        topic whose numbers were refused; then deliver's cursor, if no topic was refused (else None
+        for "not tried"). Returns the verdicts and whether the cursor moved."""
 
     async def claim_inbox(self, server: str, generation: int) -> str | None:
         """Hold server's inbox at generation (its cursor moves only for that or a newer one); its cursor."""
@@ -142,3 +170,14 @@ class Transport(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+async def commit_in_steps(
+    transport, server, generation, numberings, appends, cursor, history_size, history_ttl
+) -> tuple[dict[str, tuple[str, int]], bool | None]:
+    """Transport.commit as number() then deliver(): for backends that cannot do it in one step."""
+    verdicts = await transport.number(generation, numberings, history_size, history_ttl) if numberings else {}
+    refused = {topic for topic, (verdict, _) in verdicts.items() if verdict != OK}
+    kept = [(stream, data) for stream, data, topic in appends if topic is None or topic not in refused]
+    moved = await transport.deliver(server, generation, kept, None if refused else cursor)
+    return verdicts, moved

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import deque
 
-from pubsub.transport.base import FENCED, FIRST_ID, OK, TAKEN, Numbering, new_epoch
+from pubsub.transport.base import FENCED, FIRST_ID, OK, TAKEN, Numbering, commit_in_steps, new_epoch
 
 __all__ = ["MemoryTransport"]
 
@@ -187,13 +187,18 @@ class MemoryTransport:
                 verdicts[topic] = (OK, 0)
         return verdicts
 
-    async def deliver(self, server: str, generation: int, appends: list[tuple[str, bytes]], cursor: str) -> bool:
+    async def deliver(self, server: str, generation: int, appends: list[tuple[str, bytes]], cursor: str | None):
         for stream, data in appends:
             self._append(stream, data)
+        if cursor is None:
+            return None
         if self._holders.get(server, generation) > generation:
             return False
         self._cursors[server] = cursor
         return True
+
+    async def commit(self, server, generation, numberings, appends, cursor, history_size, history_ttl):
+        return await commit_in_steps(self, server, generation, numberings, appends, cursor, history_size, history_ttl)
 
     async def claim_inbox(self, server: str, generation: int) -> str | None:
         self._holders[server] = max(generation, self._holders.get(server, generation))

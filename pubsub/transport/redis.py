@@ -368,18 +368,51 @@ class RedisTransport:
             n.topic: (verdict.decode(), int(value)) for n, (verdict, value) in zip(numberings, replies, strict=True)
         }
 
-    async def deliver(self, server: str, generation: int, appends: list[tuple[str, bytes]], cursor: str) -> bool:
+    async def deliver(self, server: str, generation: int, appends: list[tuple[str, bytes]], cursor: str | None):
         def send(pipe) -> None:
             for stream, data in appends:
                 pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
 
         advance = (redis_scripts.ADVANCE_CURSOR, (_holder_key(server), _cursor_key(server)), (generation, cursor))
         try:
-            moved = await self._in_order(send, advance)
+            moved = await self._in_order(send, advance if cursor is not None else None)
         except _REDIS_ERRORS as exc:
             await self._drop_connections()
             raise TransportError(f"delivering a batch of {server} failed: {exc}") from exc
-        return bool(moved)
+        return None if cursor is None else bool(moved)
+
+    async def commit(self, server, generation, numberings, appends, cursor, history_size, history_ttl):
+        """The whole batch in one script (COMMIT): one round trip, and atomic."""
+        keys: list[str] = [_holder_key(server), _cursor_key(server)]
+        args: list = [generation, cursor, len(numberings), history_size, self.maxlen]
+        index = {}
+        for number, numbering in enumerate(numberings, 1):
+            topic = numbering.topic
+            index[topic] = number
+            keys += (_fence_key(topic), _sequence_key(topic), _history_key(topic), _history_epoch_key(topic))
+            kept = numbering.kept if history_size else ()
+            expiry = int(history_ttl * 1000) if numbering.renew and history_size else 0
+            args += (numbering.first, numbering.last, expiry, len(kept))
+            for each in kept:
+                args.extend(each)
+        streams: dict[str, int] = {}
+        args.append(len(appends))
+        for stream, data, topic in appends:
+            if stream not in streams:
+                keys.append(stream)
+                streams[stream] = len(keys)
+            args += (index.get(topic, 0), streams[stream], data)
+        try:
+            (reply,) = await self._run_scripts([(redis_scripts.COMMIT, keys, args)])
+        except _REDIS_ERRORS as exc:
+            await self._drop_connections()
+            raise TransportError(f"committing a batch of {server} failed: {exc}") from exc
+        verdicts = {
+            numbering.topic: (reply[2 * i + 1].decode(), int(reply[2 * i + 2]))
+            for i, numbering in enumerate(numberings)
+        }
+        moved = reply[0]
+        return verdicts, None if moved < 0 else bool(moved)
 
     async def claim_inbox(self, server: str, generation: int) -> str | None:
         keys = (_holder_key(server), _cursor_key(server))
@@ -462,11 +495,19 @@ class RedisTransport:
     async def _in_order(self, send, script):
         """send's commands, then the script (script, keys, args), whose reply is returned: one
         pipeline, since one connection to one Redis keeps the order (and a crash leaves a prefix)."""
-        source, keys, args = script
         async with self._writer.pipeline(transaction=False) as pipe:
             send(pipe)
-            pipe.execute_command("EVALSHA", source.sha, len(keys), *keys, *args)
+            if script is not None:
+                source, keys, args = script
+                pipe.execute_command("EVALSHA", source.sha, len(keys), *keys, *args)
+            elif not len(pipe):
+                return None
             results = await pipe.execute(raise_on_error=False)
+        if script is None:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return None
         for result in results[:-1]:
             if isinstance(result, Exception):
                 raise result

@@ -7,7 +7,7 @@ the epoch) is a handful of single keys. Nothing needs a cross-slot command; what
 in one pipeline, a cluster does in ordered steps:
 
 - a batch commit is three round trips (the topics' fenced numbers and history, then the fan-out,
-  then the inbox cursor), because a pipeline that spans members runs on each member independently;
+  then the inbox cursor) where one Redis takes one script, because a pipeline that spans members runs on each member independently;
   the order is what makes a crash safe (topicserver/fencing.py);
 - reads of many keys are pipelined GETs, which the client splits by member.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
 
+from pubsub.transport.base import commit_in_steps
 from pubsub.transport.redis import RedisTransport
 
 __all__ = ["RedisClusterTransport"]
@@ -31,12 +32,16 @@ class RedisClusterTransport(RedisTransport):
     # client's transactions are newer than the lower bound we support.
     SINGLE_KEY_TRANSACTIONS = False
 
+    async def commit(self, server, generation, numberings, appends, cursor, history_size, history_ttl):
+        """Three ordered round trips: each topic's script on its own slot, the fan-out, the cursor."""
+        return await commit_in_steps(self, server, generation, numberings, appends, cursor, history_size, history_ttl)
+
     async def _in_order(self, send, script):
         async with self._writer.pipeline() as pipe:
             send(pipe)
             if len(pipe):
                 await pipe.execute()
-        return (await self._run_scripts([script]))[0]
+        return (await self._run_scripts([script]))[0] if script is not None else None
 
     async def _get_many(self, keys: list[str]) -> list:
         if not keys:

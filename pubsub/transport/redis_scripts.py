@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["Script", "NUMBER", "CLAIM_TOPIC", "CLAIM_INBOX", "ADVANCE_CURSOR"]
+__all__ = ["Script", "NUMBER", "COMMIT", "CLAIM_TOPIC", "CLAIM_INBOX", "ADVANCE_CURSOR"]
 
 
 class Script:
@@ -40,6 +40,62 @@ if tonumber(ARGV[5]) > 0 then
   redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
 return {'ok', '0'}
+""")
+
+# A whole batch on one Redis, in one call: NUMBER for each topic, then the appends (those of refused
+# topics left out), then ADVANCE_CURSOR if no topic was refused.
+# KEYS: inbox holder, cursor, then fence, seq, history, history epoch per topic, then the streams.
+# ARGV: generation, cursor, topic count, history size, stream bound (MAXLEN ~); per topic: first new
+# number, last number, expiry in ms, kept count, then (seq, origin, message) per kept message; then the
+# append count, and per append: its topic's index (0: none), its stream's index in KEYS, its data.
+# Returns {cursor moved (1, 0, or -1: not tried), verdict, value, verdict, value, ...}.
+COMMIT = Script("""
+local generation = tonumber(ARGV[1])
+local topics = tonumber(ARGV[3])
+local stored, out, refused, a = {}, {0}, false, 6
+for t = 1, topics do
+  local k = 2 + (t - 1) * 4
+  local first, last, expiry, kept = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local from = a + 4
+  a = from + 3 * kept
+  local fence = redis.call('GET', KEYS[k + 1])
+  local current = tonumber(redis.call('GET', KEYS[k + 2]) or '0')
+  if fence and tonumber(fence) > generation then
+    out[#out + 1], out[#out + 2], refused = 'fenced', fence, true
+  elseif first > 0 and first <= current then
+    out[#out + 1], out[#out + 2], refused = 'taken', tostring(current), true
+  else
+    if not fence or tonumber(fence) < generation then redis.call('SET', KEYS[k + 1], ARGV[1]) end
+    if tonumber(last) > current then redis.call('SET', KEYS[k + 2], last) end
+    for i = from, a - 1, 3 do
+      redis.call('XADD', KEYS[k + 3], 'MAXLEN', ARGV[4], '*', 's', ARGV[i], 'o', ARGV[i + 1], 'd', ARGV[i + 2])
+    end
+    if tonumber(expiry) > 0 then
+      redis.call('PEXPIRE', KEYS[k + 3], expiry)
+      redis.call('PEXPIRE', KEYS[k + 4], expiry)
+    end
+    stored[t] = true
+    out[#out + 1], out[#out + 2] = 'ok', '0'
+  end
+end
+for i = a + 1, a + 3 * tonumber(ARGV[a]), 3 do
+  local topic = tonumber(ARGV[i])
+  if topic == 0 or stored[topic] then
+    redis.call('XADD', KEYS[tonumber(ARGV[i + 1])], 'MAXLEN', '~', ARGV[5], '*', 'd', ARGV[i + 2])
+  end
+end
+if refused then
+  out[1] = -1
+else
+  local holder = redis.call('GET', KEYS[1])
+  if holder and tonumber(holder) > generation then
+    out[1] = 0
+  else
+    redis.call('SET', KEYS[2], ARGV[2])
+    out[1] = 1
+  end
+end
+return out
 """)
 
 # KEYS: fence, history. ARGV: generation. Raises the fence; returns origin, seq, ... of the history.
