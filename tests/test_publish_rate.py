@@ -1,8 +1,57 @@
-"""The publish rate limit judges the client, not the server."""
+"""The publish rate limit judges the client, not the server: a client within DPS_PUBLISH_RATE /
+DPS_PUBLISH_BURST is never refused because the node fell behind (here: Redis frozen), and a client
+that really sends faster is still refused."""
+
+import asyncio
+import functools
+import json
+import os
+import signal
+import time
+import types
 
 import pytest
+import websockets
 
+from pubsub import inbound
 from pubsub.throttle import TokenBucket
+from tests.conftest import Cluster
+
+RATE, BURST = 50, 30  # the limit the node enforces
+CALM_RATE = 40  # publishes a second of the client that stays within it
+FREEZE = 3.0  # seconds Redis is stopped: 120 calm publishes queue up, four times the burst
+FLOOD = 300  # publishes sent at once, while Redis is frozen
+HOG = 200  # publishes of PADDING characters each (12 MB) sent as fast as they go while Redis is frozen
+PADDING = 60_000  # under DPS_MAX_FRAME_BYTES (65536): the node queues it 4 frames deep at most
+
+
+async def _joined(url: str, topic: str):
+    ws = await websockets.connect(url)
+    await ws.send(json.dumps(["1", "j", topic, "phx_join", {}]))
+    reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert reply[4]["status"] == "ok", reply
+    return ws
+
+
+def _publish(ref: str, topic: str, padding: str = "") -> str:
+    return json.dumps(["1", ref, topic, "publish", ["chat", {"ref": ref, "pad": padding}]])
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes of a process (Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+async def _replies(ws, expected: int, into: dict, got_some: asyncio.Event | None = None, some: int = 0) -> None:
+    """Collect the phx_reply of each publish (by ref) until expected have come."""
+    while len(into) < expected:
+        frame = json.loads(await ws.recv())
+        if frame[3] == "phx_reply" and frame[1] != "j":
+            into[frame[1]] = frame[4]
+            if got_some is not None and len(into) >= some:
+                got_some.set()
+
 
 # The limit's logic. Rates are powers of two, so every time below is exact in binary.
 BUCKET_CASES = {
@@ -32,3 +81,125 @@ def test_the_bucket_judges_each_frame_by_when_it_came(rate, burst, frames, admit
 def test_a_bucket_needs_a_rate():
     with pytest.raises(ValueError, match="rate must be positive"):
         TokenBucket(0, 10)
+
+
+async def _handle_reply(protocol, message):
+    pass
+
+
+def _daphne_like_send(queue: asyncio.Queue):
+    """What daphne gives an application as send: partial(handle_reply, protocol); the protocol
+    holds the connection's application_queue (and its Twisted transport: none here)."""
+    protocol = types.SimpleNamespace(application_queue=queue, transport=None)
+    return functools.partial(_handle_reply, protocol)
+
+
+async def test_daphnes_queue_stamps_each_frame_and_credits_a_stall_of_the_event_loop():
+    queue = asyncio.Queue()
+    assert inbound.stamp_arrivals(_daphne_like_send(queue), max_queued=1000)
+    assert type(queue) is inbound.ArrivalQueue and inbound.stamp_arrivals(_daphne_like_send(queue), 1000)
+    assert not inbound.stamp_arrivals(_handle_reply, 1000)  # not daphne: nothing to stamp
+
+    def receive(text="[]"):
+        message = {"type": "websocket.receive", "text": text}
+        queue.put_nowait(message)
+        return queue.get_nowait()
+
+    before = time.monotonic()
+    arrived, since = inbound.arrival(receive("x" * 10))
+    assert before <= arrived <= time.monotonic() and since == arrived  # the loop turns: no doubt
+    assert queue._dps_queued == 0  # what was taken is no longer counted as waiting
+    assert inbound.arrival({"type": "websocket.receive", "text": "[]"}) == (None, None)
+
+    stalled_at = time.monotonic()
+    time.sleep(2 * inbound.STALL)  # the event loop stalls: frames read now may have come meanwhile
+    arrived, since = inbound.arrival(receive())
+    assert since <= stalled_at < arrived
+    async with asyncio.timeout(5):  # the watch notes the stall at its next tick
+        while inbound._watch.stall[1] < arrived:
+            await asyncio.sleep(inbound.TICK / 4)
+    start, end = inbound._watch.stall
+    arrived, since = inbound.arrival(receive())  # read just after the stall: still in doubt
+    assert since == start and arrived <= end + (end - start)
+    await asyncio.sleep(max(0.0, end + (end - start) - time.monotonic()) + inbound.TICK)
+    arrived, since = inbound.arrival(receive())  # as long again after the stall: no more doubt
+    assert since == arrived
+
+
+@pytest.mark.processes
+async def test_a_client_within_the_rate_is_not_refused_while_redis_is_frozen_and_flooders_are_refused_and_held_back():
+    cluster = Cluster(
+        topic_servers=("ts-1",), nodes=("ws-a",), DPS_PUBLISH_RATE=str(RATE), DPS_PUBLISH_BURST=str(BURST)
+    )
+    redis_pid = cluster.redis.process.pid
+    frozen = False
+    try:
+        url = cluster.nodes["ws-a"].url()
+        calm, flooder, hog = [await _joined(url, f"room:{name}") for name in ("calm", "flood", "hog")]
+        node_pid = cluster.nodes["ws-a"].process.pid
+        total = int(CALM_RATE * (FREEZE + 1))
+        calm_replies: dict = {}
+        flood_replies: dict = {}
+        hog_replies: dict = {}
+        hog_sent = 0
+        warmed_up = asyncio.Event()
+        sent_while_frozen = 0
+
+        async def send_calmly():
+            nonlocal sent_while_frozen
+            for n in range(total):  # never faster than CALM_RATE (spaced, never catching up)
+                await calm.send(_publish(f"c{n}", "room:calm"))
+                sent_while_frozen += frozen
+                await asyncio.sleep(1 / CALM_RATE)
+
+        async def hog_the_socket():
+            nonlocal hog_sent
+            padding = "x" * PADDING
+            for n in range(HOG):  # as fast as the node takes them: it stops reading, TCP holds the rest
+                await hog.send(_publish(f"h{n}", "room:hog", padding))
+                hog_sent += 1
+
+        async with asyncio.timeout(60):
+            collecting = asyncio.ensure_future(_replies(calm, total, calm_replies, warmed_up, 10))
+            sending = asyncio.ensure_future(send_calmly())
+            await warmed_up.wait()  # Redis answers: the publishes are being stored
+            rss_before = _rss(node_pid)
+            os.kill(redis_pid, signal.SIGSTOP)
+            frozen = True
+            stopped_at = time.monotonic()
+            hogging = asyncio.ensure_future(hog_the_socket())
+            await asyncio.sleep(FREEZE / 3)
+            started = time.monotonic()
+            await asyncio.gather(*(flooder.send(_publish(f"f{n}", "room:flood")) for n in range(FLOOD)))
+            flood_took = time.monotonic() - started
+            await asyncio.sleep(max(0.0, stopped_at + FREEZE - time.monotonic()))
+            rss_growth, hogged = _rss(node_pid) - rss_before, hog_sent
+            os.kill(redis_pid, signal.SIGCONT)
+            frozen = False
+            await _replies(flooder, FLOOD, flood_replies)
+            await _replies(hog, HOG, hog_replies)
+            await asyncio.gather(sending, collecting, hogging)
+
+        assert sent_while_frozen > 2 * BURST, f"only {sent_while_frozen} publishes queued behind frozen Redis"
+        refused = {ref: reply for ref, reply in calm_replies.items() if reply["status"] != "ok"}
+        assert not [r for r in refused.values() if r["response"].get("reason") == "rate limited"], (
+            f"{len(refused)} of {total} calm publishes refused: {sorted(refused.items())[:5]}"
+        )
+        assert all(r == {"status": "error", "response": {"reason": "unavailable"}} for r in refused.values()), refused
+        flood_ok = sum(reply["status"] == "ok" for reply in flood_replies.values())
+        assert all(
+            r == {"status": "error", "response": {"reason": "rate limited"}}
+            for r in flood_replies.values()
+            if r["status"] != "ok"
+        ), flood_replies
+        # The burst, and what the rate refills while the flood arrives (a second of slack for a busy node).
+        assert BURST <= flood_ok <= BURST + RATE * (flood_took + 1), f"{flood_ok} of a flood of {FLOOD} accepted"
+        # A client that floods a node whose consumer is blocked makes it hold a few frames, not the flood.
+        assert rss_growth < 4 * 2**20, f"the node grew by {rss_growth >> 20} MiB while {hogged} padded frames were sent"
+        assert all(r["status"] == "ok" or r["response"] == {"reason": "rate limited"} for r in hog_replies.values())
+        for ws in (calm, flooder, hog):
+            await ws.close()
+    finally:
+        if frozen:
+            os.kill(redis_pid, signal.SIGCONT)
+        cluster.stop()
