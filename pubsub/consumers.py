@@ -53,10 +53,6 @@ CLOSE_TOO_SLOW = CLOSE_POLICY_VIOLATION  # 4008: the client stopped reading (pub
 CLOSE_TOO_BIG = 4009
 RFC_MESSAGE_TOO_BIG = 1009  # daphne's own limit (--websocket_max_message_size, 1 MiB by default)
 
-# A socket whose queued frames hold more characters than this many frames of DPS_MAX_FRAME_BYTES
-# is not read until its consumer has taken half of them (pubsub/inbound.py).
-INBOUND_QUEUE_FRAMES = 4
-
 # One guard per process meters every socket's unsent bytes (pubsub/backpressure.py).
 _slow_reader_guards: dict[int, SlowReaderGuard] = {}
 
@@ -171,7 +167,7 @@ class PhoenixSocket(AsyncConsumer):
             accept["subprotocol"] = "phoenix"  # the client's authToken option asks for it
         # Before the first frame can come: each is stamped with when it reached the node (the
         # rate limit judges that), and a socket with too much waiting is not read for a while.
-        stamp_arrivals(self.base_send, max_queued=INBOUND_QUEUE_FRAMES * self.max_frame_bytes)
+        stamp_arrivals(self.base_send, self.max_frame_bytes)
         await self.send(accept)
         self.accepted = True
         self.count("connections_opened")

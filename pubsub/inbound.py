@@ -13,7 +13,7 @@ kernel with no time on them, and are given the benefit of the doubt: ``SINCE``, 
 earliest they may have come, is when the node stopped reading, for frames read within as
 long again after it resumed. The node stops reading when its event loop stalls (a ticker
 notices it did not turn for ``STALL``) and when too much of one socket waits: over
-``max_queued`` characters queued, its reads pause until the consumer has taken half of
+``QUEUED_FRAMES`` times DPS_MAX_FRAME_BYTES characters queued, its reads pause until the consumer has taken half of
 them (paused again before what waited is read, the doubt goes back to the first pause).
 That bounds what a client can make a node hold while its consumer is blocked: a flood
 during a Redis stall used to queue as fast as the client could send (23 MiB in 2 s); the
@@ -36,6 +36,7 @@ __all__ = ["ARRIVED", "SINCE", "ArrivalQueue", "LoopWatch", "arrival", "stamp_ar
 ARRIVED = "dps.arrived"  # time.monotonic() when daphne queued the frame
 SINCE = "dps.since"  # only when earlier: the earliest the frame may have reached the node
 
+QUEUED_FRAMES = 4  # reads pause while more characters wait than this many frames of the largest size
 TICK = 0.1  # how often the loop watch notes that the event loop turns
 STALL = 0.25  # a loop that has not turned for this long was not reading its sockets
 
@@ -79,11 +80,11 @@ _watch = LoopWatch()
 
 class ArrivalQueue(asyncio.Queue):
     """daphne's per-connection queue, stamping each frame as it is put and pausing the socket's
-    reads while more than ``_dps_limit`` characters of it wait."""
+    reads while more than ``QUEUED_FRAMES`` frames of ``_dps_frame`` characters wait."""
 
     # Set by stamp_arrivals on daphne's instance (class defaults: a queue never adopted).
     _dps_transport = None
-    _dps_limit = 0
+    _dps_frame = 0  # the largest frame (DPS_MAX_FRAME_BYTES: the setting's own int, shared)
     _dps_queued = 0  # characters of stamped frames in the queue
     _dps_from = 0.0  # reads paused at (kept while frames read after the pause may be old)
     _dps_until = 0.0  # frames read up to then may have waited since _dps_from; inf: paused
@@ -98,7 +99,7 @@ class ArrivalQueue(asyncio.Queue):
             if since < now:
                 item[SINCE] = since
             self._dps_queued += _size(item)
-            if self._dps_queued > self._dps_limit and self._dps_until != math.inf:
+            if self._dps_queued > QUEUED_FRAMES * self._dps_frame and self._dps_until != math.inf:
                 self._pause(now)
         super().put_nowait(item)
 
@@ -106,7 +107,7 @@ class ArrivalQueue(asyncio.Queue):
         item = super().get_nowait()
         if ARRIVED in item:
             self._dps_queued -= _size(item)
-            if self._dps_until == math.inf and self._dps_queued <= self._dps_limit // 2:
+            if self._dps_until == math.inf and self._dps_queued <= QUEUED_FRAMES * self._dps_frame // 2:
                 self._resume(time.monotonic())
         return item
 
@@ -134,9 +135,10 @@ def _size(item: dict) -> int:
     return len(item.get("text") or item.get("bytes") or ())
 
 
-def stamp_arrivals(send, max_queued: int) -> bool:
-    """Stamp the frames of the daphne connection behind an ASGI send, and pause its reads over
-    max_queued characters waiting. False (and nothing done) where the server is not daphne."""
+def stamp_arrivals(send, max_frame: int) -> bool:
+    """Stamp the frames of the daphne connection behind an ASGI send, and pause its reads while
+    over QUEUED_FRAMES frames of max_frame characters wait. False (and nothing done) where the
+    server is not daphne."""
     args = getattr(send, "args", ())
     protocol = args[0] if args else None
     queue = getattr(protocol, "application_queue", None)
@@ -145,7 +147,7 @@ def stamp_arrivals(send, max_queued: int) -> bool:
     _watch.start(asyncio.get_running_loop())
     queue.__class__ = ArrivalQueue
     queue._dps_transport = getattr(protocol, "transport", None)
-    queue._dps_limit = max(1, max_queued)
+    queue._dps_frame = max_frame if max_frame >= 1 else 1
     return True
 
 

@@ -2,8 +2,8 @@
 
 The bucket is kept in its "theoretical arrival time" form (GCRA, as ATM cells were policed):
 one float per socket, ``due``, the time at which the bucket would be full again. A frame
-arriving at ``now`` is admitted when ``now >= due - tolerance`` (``tolerance`` is what the
-burst allows), and then ``due = max(due, now) + 1/rate``. That is the token bucket with
+arriving at ``now`` is admitted when ``now >= due - (burst - 1) / rate``, and then
+``due = max(due, now) + 1 / rate``. That is the token bucket with
 ``rate`` tokens a second holding ``burst``, exactly, whatever the arrival times.
 
 The arrival time is the client's, not the consumer's: the consumer may reach a frame seconds
@@ -31,22 +31,22 @@ class TokenBucket:
     is refused until it slows down.
     """
 
-    __slots__ = ("interval", "tolerance", "due")
+    __slots__ = ("rate", "burst", "due")  # rate and burst are the settings' objects: one float per socket
 
     def __init__(self, rate: float, burst: int, now: float | None = None):
         if rate <= 0:
             raise ValueError(f"rate must be positive, not {rate!r}")
-        self.interval = 1.0 / rate
-        self.tolerance = (max(1, burst) - 1) * self.interval
+        self.rate = rate
+        self.burst = burst if burst >= 1 else 1
         self.due = time.monotonic() if now is None else now  # full from the start
 
     def take(self, now: float | None = None, since: float | None = None) -> bool:
         """Spend a token for a frame that arrived at now (default: the present), or some time
         between since and now; False, and nothing spent, if the bucket is empty at now."""
         now = time.monotonic() if now is None else now
-        due = self.due
-        if now < due - self.tolerance:
+        due, interval = self.due, 1.0 / self.rate
+        if now < due - (self.burst - 1) * interval:
             return False
         earliest = now if since is None or since > now else since
-        self.due = (due if due > earliest else earliest) + self.interval
+        self.due = (due if due > earliest else earliest) + interval
         return True

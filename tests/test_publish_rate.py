@@ -96,7 +96,7 @@ def _daphne_like_send(queue: asyncio.Queue):
 
 async def test_daphnes_queue_stamps_each_frame_and_credits_a_stall_of_the_event_loop():
     queue = asyncio.Queue()
-    assert inbound.stamp_arrivals(_daphne_like_send(queue), max_queued=1000)
+    assert inbound.stamp_arrivals(_daphne_like_send(queue), max_frame=1000)
     assert type(queue) is inbound.ArrivalQueue and inbound.stamp_arrivals(_daphne_like_send(queue), 1000)
     assert not inbound.stamp_arrivals(_handle_reply, 1000)  # not daphne: nothing to stamp
 
