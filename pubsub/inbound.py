@@ -11,15 +11,16 @@ So each frame carries the time daphne queued it (``ARRIVED``), which the limit j
 (pubsub/throttle.py). While the node does not read the socket at all, frames wait in the
 kernel with no time on them, and are given the benefit of the doubt: ``SINCE``, the
 earliest they may have come, is when the node stopped reading, for frames read within as
-long again after it resumed. The node stops reading when its event loop stalls (a ticker
-notices it did not turn for ``STALL``) and when too much of one socket waits: over
-``QUEUED_FRAMES`` times DPS_MAX_FRAME_BYTES characters queued, its reads pause until the consumer has taken half of
-them (paused again before what waited is read, the doubt goes back to the first pause).
-That bounds what a client can make a node hold while its consumer is blocked: a flood
-during a Redis stall used to queue as fast as the client could send (23 MiB in 2 s); the
-rest now waits in the kernel's receive buffer, then in the client. A socket that stays
-paused past daphne's ping interval and timeout (20 + 30 s) is dropped by autobahn, as a
-client whose pongs do not come would be.
+long again after it resumed (a second at least, after a pause of one socket). The node
+stops reading when its event loop stalls (a ticker notices it did not turn for ``STALL``)
+and when too much of one socket waits: over ``QUEUED_FRAMES`` times DPS_MAX_FRAME_BYTES
+characters queued, its reads pause until the consumer has taken half of them (paused again
+before what waited is read, the doubt goes back to the first pause). That bounds what a
+client can make a node hold while its consumer is blocked: a flood during a Redis stall
+used to queue as fast as the client could send (23 MiB in 2 s); the rest now waits in the
+kernel's receive buffer, then in the client. A socket that stays paused past daphne's ping
+interval and timeout (20 + 30 s) is dropped by autobahn, as a client whose pongs do not
+come would be.
 
 The queue stays daphne's own object; it is given this subclass, which adds no object per
 socket (its few fields fit the queue's existing attribute table).
@@ -39,6 +40,7 @@ SINCE = "dps.since"  # only when earlier: the earliest the frame may have reache
 QUEUED_FRAMES = 4  # reads pause while more characters wait than this many frames of the largest size
 TICK = 0.1  # how often the loop watch notes that the event loop turns
 STALL = 0.25  # a loop that has not turned for this long was not reading its sockets
+AFTER_PAUSE = 1.0  # frames read this long at least after a socket's reads resume may be old
 
 
 class LoopWatch:
@@ -54,7 +56,7 @@ class LoopWatch:
         if self._loop is loop and not loop.is_closed():
             return
         self._loop = loop
-        self.seen = time.monotonic()
+        self.seen, self.stall = time.monotonic(), (0.0, 0.0)
         loop.call_later(TICK, self._tick, loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -121,7 +123,7 @@ class ArrivalQueue(asyncio.Queue):
         self._dps_until = math.inf
 
     def _resume(self, now: float) -> None:
-        self._dps_until = now + (now - self._dps_from)
+        self._dps_until = now + max(now - self._dps_from, AFTER_PAUSE)
         resume = getattr(self._dps_transport, "resumeProducing", None)
         if resume is not None:
             resume()

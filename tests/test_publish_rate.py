@@ -94,36 +94,90 @@ def _daphne_like_send(queue: asyncio.Queue):
     return functools.partial(_handle_reply, protocol)
 
 
-async def test_daphnes_queue_stamps_each_frame_and_credits_a_stall_of_the_event_loop():
+async def test_daphnes_queue_stamps_each_frame_and_a_real_stall_of_the_loop_puts_it_in_doubt():
     queue = asyncio.Queue()
     assert inbound.stamp_arrivals(_daphne_like_send(queue), max_frame=1000)
     assert type(queue) is inbound.ArrivalQueue and inbound.stamp_arrivals(_daphne_like_send(queue), 1000)
     assert not inbound.stamp_arrivals(_handle_reply, 1000)  # not daphne: nothing to stamp
-
-    def receive(text="[]"):
-        message = {"type": "websocket.receive", "text": text}
-        queue.put_nowait(message)
-        return queue.get_nowait()
-
     before = time.monotonic()
-    arrived, since = inbound.arrival(receive("x" * 10))
-    assert before <= arrived <= time.monotonic() and since == arrived  # the loop turns: no doubt
+    arrived, since = inbound.arrival(_received(queue, "x" * 10))
+    assert before <= arrived <= time.monotonic() and since <= arrived
     assert queue._dps_queued == 0  # what was taken is no longer counted as waiting
     assert inbound.arrival({"type": "websocket.receive", "text": "[]"}) == (None, None)
 
     stalled_at = time.monotonic()
     time.sleep(2 * inbound.STALL)  # the event loop stalls: frames read now may have come meanwhile
-    arrived, since = inbound.arrival(receive())
+    arrived, since = inbound.arrival(_received(queue))
     assert since <= stalled_at < arrived
-    async with asyncio.timeout(5):  # the watch notes the stall at its next tick
+    async with asyncio.timeout(5):  # and the watch notes the stall at its next tick
         while inbound._watch.stall[1] < arrived:
             await asyncio.sleep(inbound.TICK / 4)
-    start, end = inbound._watch.stall
-    arrived, since = inbound.arrival(receive())  # read just after the stall: still in doubt
-    assert since == start and arrived <= end + (end - start)
-    await asyncio.sleep(max(0.0, end + (end - start) - time.monotonic()) + inbound.TICK)
-    arrived, since = inbound.arrival(receive())  # as long again after the stall: no more doubt
-    assert since == arrived
+    assert inbound._watch.stall[0] <= stalled_at
+
+
+def _received(queue: asyncio.Queue, text: str = "[]") -> dict:
+    """A frame daphne queues, as the consumer takes it."""
+    queue.put_nowait({"type": "websocket.receive", "text": text})
+    return queue.get_nowait()
+
+
+# (seen, stall, now) -> the earliest a frame read at now may have come
+WATCH_CASES = {
+    "the loop turns": (10.0, (0.0, 0.0), 10.1, 10.1),
+    "in a stall: since the loop last turned": (10.0, (0.0, 0.0), 10.5, 10.0),
+    "just after a stall": (12.05, (10.0, 12.0), 12.1, 10.0),
+    "as long again after it": (14.0, (10.0, 12.0), 14.0, 10.0),
+    "later: no doubt": (14.0, (10.0, 12.0), 14.1, 14.1),
+}
+
+
+@pytest.mark.parametrize("seen, stall, now, since", WATCH_CASES.values(), ids=WATCH_CASES.keys())
+def test_the_loop_watch_says_since_when_a_frame_may_have_waited(seen, stall, now, since):
+    watch = inbound.LoopWatch()
+    watch.seen, watch.stall = seen, stall
+    assert watch.waiting_since(now) == since
+
+
+class _Transport:
+    """Records what the queue asks of Twisted's transport (its producer half: stop and resume reading)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def pauseProducing(self):  # noqa: N802 - Twisted's name
+        self.calls.append("pause")
+
+    def resumeProducing(self):  # noqa: N802
+        self.calls.append("resume")
+
+
+async def test_a_socket_with_too_much_waiting_is_not_read_until_half_is_taken():
+    queue, transport = asyncio.Queue(), _Transport()
+    send = _daphne_like_send(queue)
+    send.args[0].transport = transport
+    assert inbound.stamp_arrivals(send, max_frame=10)  # pauses over 4 x 10 characters waiting
+    for _ in range(4):
+        queue.put_nowait({"type": "websocket.receive", "text": "x" * 10})
+    assert transport.calls == [] and not queue.paused
+    queue.put_nowait({"type": "websocket.receive", "text": "x" * 10})  # 50 characters wait
+    assert transport.calls == ["pause"] and queue.paused
+    paused_at = queue._dps_from
+    for _ in range(2):
+        queue.get_nowait()
+    assert transport.calls == ["pause"]  # 30 wait still
+    queue.get_nowait()
+    assert transport.calls == ["pause", "resume"] and not queue.paused  # 20: half
+    queue.get_nowait(), queue.get_nowait()
+    # What is read next may have waited in the kernel since the pause,
+    arrived, since = inbound.arrival(_received(queue))
+    assert since <= paused_at < arrived  # (earlier still if the loop stalled meanwhile)
+    # and paused again meanwhile, since the first pause.
+    for _ in range(5):
+        queue.put_nowait({"type": "websocket.receive", "text": "x" * 10})
+    assert transport.calls == ["pause", "resume", "pause"] and queue._dps_from == paused_at
+    while not queue.empty():
+        queue.get_nowait()
+    assert transport.calls[-1] == "resume" and queue._dps_queued == 0
 
 
 @pytest.mark.processes
