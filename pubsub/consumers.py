@@ -23,6 +23,7 @@ from pubsub.channel_routes import ChannelRoutes
 from pubsub.channels import Channel, Reply, Stop
 from pubsub.exceptions import ProtocolError, TransportError
 from pubsub.fastlane import frame_writer, send_nowait
+from pubsub.inbound import arrival, stamp_arrivals
 from pubsub.publishing import BROADCAST_TYPE, broadcast  # broadcast stays importable from here
 from pubsub.recovery import after_for, decide, frame_with_ref, recover_param
 from pubsub.socket_auth import Identity, Refused, SocketAuth
@@ -164,6 +165,9 @@ class PhoenixSocket(AsyncConsumer):
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if "phoenix" in self.scope.get("subprotocols", ()):
             accept["subprotocol"] = "phoenix"  # the client's authToken option asks for it
+        # Before the first frame can come: each is stamped with when it reached the node (the
+        # rate limit judges that), and a socket with too much waiting is not read for a while.
+        stamp_arrivals(self.base_send, self.max_frame_bytes)
         await self.send(accept)
         self.accepted = True
         self.count("connections_opened")
@@ -197,7 +201,7 @@ class PhoenixSocket(AsyncConsumer):
                 await self._close(CLOSE_INVALID_PAYLOAD, exc.reason)
             return
         try:
-            await self.handle_frame(frame)
+            await self.handle_frame(frame, *arrival(message))
         except (TransportError, OSError) as exc:
             logger.warning("frame on %s failed: %s", frame.topic, exc)
             await self._reply(frame.join_ref, frame.ref, frame.topic, "error", {"reason": "unavailable"})
@@ -337,7 +341,11 @@ class PhoenixSocket(AsyncConsumer):
 
     # Protocol handling
 
-    async def handle_frame(self, frame: protocol.Frame) -> None:
+    async def handle_frame(
+        self, frame: protocol.Frame, arrived: float | None = None, since: float | None = None
+    ) -> None:
+        """Answer one frame; arrived (and since, the earliest it may have come) is when it reached
+        the node, by which the rate limit judges it (default: now)."""
         if frame.event == "heartbeat" and frame.topic == protocol.PHOENIX_TOPIC:
             await self._reply(frame.join_ref, frame.ref, frame.topic, "ok")
         elif frame.event == "phx_join":
@@ -350,7 +358,7 @@ class PhoenixSocket(AsyncConsumer):
                 await self._reply(None, frame.ref, frame.topic, "error", {"reason": "unmatched topic"})
             elif frame.join_ref is not None and frame.join_ref != channel.join_ref:
                 logger.debug("ignored %s on %s with stale join_ref %s", frame.event, frame.topic, frame.join_ref)
-            elif self.publishes is not None and not self.publishes.take():
+            elif self.publishes is not None and not self.publishes.take(arrived, since):
                 self.count("publishes_rate_limited")
                 await self._reply(frame.join_ref, frame.ref, frame.topic, "error", {"reason": "rate limited"})
             else:

@@ -8,8 +8,6 @@ import urllib.request
 import pytest
 import websockets
 
-from pubsub.throttle import TokenBucket
-
 pytestmark = pytest.mark.processes
 
 
@@ -76,13 +74,6 @@ async def test_publishes_over_the_rate_get_an_error_reply_and_nothing_else(daphn
     assert _metric(node, "dps_node_publishes_rate_limited_total") == len(refused)
     for ws in (fast, calm, listener):
         await ws.close()
-
-
-def test_token_bucket_allows_the_burst_then_the_rate():
-    bucket = TokenBucket(rate=2, burst=3, now=0.0)
-    assert [bucket.take(now=0.0) for _ in range(4)] == [True, True, True, False]
-    assert bucket.take(now=0.49) is False and bucket.take(now=0.5) is True  # one token per 0.5 s
-    assert sum(bucket.take(now=100.0) for _ in range(10)) == 3  # never more than the burst saved up
 
 
 async def test_a_frame_over_daphnes_own_limit_gets_a_close_code_and_a_log_line(daphne_node):
