@@ -92,6 +92,7 @@ class RedisServer(ManagedProcess):
     def __init__(self, port: int | None = None, replica_of: RedisServer | None = None):
         self.port = port or free_port()
         args = ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        args += ["--dir", tempfile.mkdtemp(prefix="dps-redis-")]  # a replica's full sync writes an RDB there
         if replica_of is not None:
             args += ["--replicaof", HOST, str(replica_of.port)]
         super().__init__(args, dict(os.environ), f"redis-{self.port}")
