@@ -74,6 +74,7 @@ class Channel:
         self.recovering = False  # joined with "recover": broadcasts carry the ref "<epoch>:<seq>"
         self.held: list[dict] | None = None  # live broadcasts held while its missed ones are replayed
         self.last_seq = 0  # the last numbered broadcast sent to this join
+        self.seq_known = False  # last_seq is the topic's real position (0 too: a topic with no message yet)
         self.lost = False  # messages were lost for it: it errors, and its client rejoins to recover
         self.presence_synced = False  # got a presence_state, so it gets presence_diff frames
         self.assigns: dict[str, Any] = dict(socket.identity.assigns)

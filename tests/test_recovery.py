@@ -206,3 +206,22 @@ async def test_a_gap_on_a_live_node_is_filled_from_history_or_reported(history_s
         await layer.close()
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_a_topic_s_first_messages_lost_on_their_way_are_a_gap_for_a_join_at_zero(connect):
+    """A recovering join of a topic with no message yet knows its position (0): if the first message
+    to reach it is number 3, 1 and 2 were lost on the way, and it errors so its client rejoins."""
+    from channels.layers import get_channel_layer
+
+    from pubsub.publishing import broadcast_message
+    from pubsub.transport.base import node_stream
+
+    client = await connect()
+    response = await client.join({"recover": True})
+    assert response["seq"] == 0 and response["recovered"] is False
+    layer = get_channel_layer()
+    message = entries.pack_message(broadcast_message(TOPIC, "event", {"n": 3}))
+    epoch = response["epoch"]
+    await layer.transport.append(node_stream(layer.node), entries.pack("msg", TOPIC, 3, message, epoch, 0))
+    frame = await client.recv()
+    assert frame[2:4] == [TOPIC, "phx_error"], frame
