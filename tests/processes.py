@@ -38,10 +38,12 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
 
 
 class ManagedProcess:
-    """A child process with its output in a temp file; stop() terminates, then kills."""
+    """A child process with its output in a temp file; stop() terminates (resuming it first if it is
+    frozen), then kills."""
 
     def __init__(self, args: list[str], env: dict[str, str], name: str, cwd: Path = ROOT):
         self.name = name
+        self.frozen = False
         self.log = Path(tempfile.mkstemp(prefix=f"dps-{name}-", suffix=".log")[1])
         self._log_file = self.log.open("wb")
         self.process = subprocess.Popen(
@@ -51,8 +53,20 @@ class ManagedProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process stops where it is (a long GC pause, a stalled VM) until resume()."""
+        self.process.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def resume(self) -> None:
+        """SIGCONT: a frozen process carries on from where it was (a no-op for one that is not frozen)."""
+        if self.frozen and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+        self.frozen = False
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         if self.process.poll() is None:
+            self.resume()  # a frozen process would handle no signal, and its finalizer would wait
             self.process.send_signal(sig)
         return self.wait_stopped(timeout)
 
@@ -73,6 +87,7 @@ def stop_all(processes, sig: int = signal.SIGTERM, timeout: float = 10.0) -> lis
     processes = list(processes)
     for each in processes:
         if each.process.poll() is None:
+            each.resume()
             each.process.send_signal(sig)
     return [each.wait_stopped(timeout) for each in processes]
 
