@@ -31,7 +31,7 @@ from pathlib import Path
 
 import websockets
 
-from bench import chat, history_cost, layer_fanout, presence, scaleout
+from bench import chat, fencing_cost, history_cost, layer_fanout, presence, scaleout
 from bench.clients import ClientGroup
 from bench.logs import log
 from bench.stacks import STACKS, Stack
@@ -275,6 +275,7 @@ def print_report(rows) -> None:
     presence.print_report(rows)
     history_cost.print_report(rows)
     scaleout.print_report(rows)
+    fencing_cost.print_report(rows)
 
 
 def plot(rows, path: Path) -> bool:
@@ -321,18 +322,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, about 5 minutes (chat alone: about 3)")
     parser.add_argument(
-        "--only", help="comma-separated scenarios: layer,e2e,cores,storm,memory,chat,presence,history,scaleout"
+        "--only", help="comma-separated scenarios: layer,e2e,cores,storm,memory,chat,presence,history,scaleout,fencing"
     )
     parser.add_argument(
         "--stacks", help="comma-separated end-to-end stacks (default: dps,stock-pubsub,stock-core,floor)"
+    )
+    parser.add_argument(
+        "--fencing-before", default=fencing_cost.BEFORE, help="the commit whose owners 'fencing' compares against"
     )
     parser.add_argument("--clients", help="comma-separated end-to-end client counts (default: 1000,5000,10000)")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit: 10,000 sockets need it
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dps_site.settings")
-    scenarios = set((args.only or "layer,e2e,cores,storm,memory,chat,presence,history,scaleout").split(","))
-    unknown = scenarios - {"layer", "e2e", "cores", "storm", "memory", "chat", "presence", "history", "scaleout"}
+    scenarios = set((args.only or "layer,e2e,cores,storm,memory,chat,presence,history,scaleout,fencing").split(","))
+    unknown = scenarios - {
+        "layer",
+        "e2e",
+        "cores",
+        "storm",
+        "memory",
+        "chat",
+        "presence",
+        "history",
+        "scaleout",
+        "fencing",
+    }
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}")
     layer_stacks = ["dps", "stock-pubsub", "stock-core"]
@@ -390,6 +405,9 @@ def main() -> None:
         for kind in ("redis", "redis-cluster"):
             log(f"scale-out: the chat publishes on {kind}")
             rows.append(scaleout.run(kind))
+    if "fencing" in scenarios:
+        log(f"fencing: cost per publish, the owners of {args.fencing_before} against today's")
+        rows.extend(fencing_cost.run(args.fencing_before))
     print_report(rows)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

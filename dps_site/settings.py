@@ -5,6 +5,7 @@ from pathlib import Path
 
 from pubsub.conf import DEFAULTS, check_redis_url
 from pubsub.exceptions import ConfigurationError
+from pubsub.transport.redis_clients import is_cluster
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -18,6 +19,8 @@ DEFAULT_PRESENCE_WINDOW = 0.1  # seconds a topic's presence changes are gathered
 DEFAULT_HISTORY_SIZE = 100  # messages kept per topic for recovery (0: none)
 DEFAULT_HISTORY_TTL = 300.0  # seconds a topic's history lives after its last message
 DEFAULT_RING = "live"
+DEFAULT_REDIS_WAIT_REPLICAS = 0  # replicas that must have an append before it is acknowledged (WAIT)
+DEFAULT_REDIS_WAIT_TIMEOUT = 1.0  # seconds WAIT waits for them
 
 
 def _env_number(name, default, kind=int):
@@ -52,6 +55,13 @@ DPS_TOPIC_SERVERS = _env_list("DPS_TOPIC_SERVERS", DEFAULT_TOPIC_SERVERS)
 DPS_REDIS_URL = os.environ.get("DPS_REDIS_URL") or None
 if DPS_REDIS_URL is not None:
     check_redis_url(DPS_REDIS_URL)
+DPS_REDIS_WAIT_REPLICAS = _env_number("DPS_REDIS_WAIT_REPLICAS", DEFAULT_REDIS_WAIT_REPLICAS)
+DPS_REDIS_WAIT_TIMEOUT = _env_number("DPS_REDIS_WAIT_TIMEOUT", DEFAULT_REDIS_WAIT_TIMEOUT, float)
+if DPS_REDIS_WAIT_REPLICAS and DPS_REDIS_URL and is_cluster(DPS_REDIS_URL):
+    raise ConfigurationError(
+        f"DPS_REDIS_WAIT_REPLICAS={DPS_REDIS_WAIT_REPLICAS} needs one Redis with replicas (redis://); "
+        "on a Redis Cluster it is not supported yet: unset it."
+    )
 DPS_MAX_FRAME_BYTES = _env_number("DPS_MAX_FRAME_BYTES", DEFAULTS["DPS_MAX_FRAME_BYTES"])
 DPS_MAX_CHANNELS = _env_number("DPS_MAX_CHANNELS", DEFAULTS["DPS_MAX_CHANNELS"])
 DPS_IDLE_TIMEOUT = _env_number("DPS_IDLE_TIMEOUT", DEFAULTS["DPS_IDLE_TIMEOUT"], float)
@@ -151,6 +161,8 @@ CHANNEL_LAYERS = {
             "redis_url": DPS_REDIS_URL,
             "capacity": DPS_CHANNEL_CAPACITY,
             "stream_maxlen": DPS_STREAM_MAXLEN,
+            "redis_wait_replicas": DPS_REDIS_WAIT_REPLICAS,
+            "redis_wait_timeout": DPS_REDIS_WAIT_TIMEOUT,
             "liveness_ttl": DPS_LIVENESS_TTL,
             "presence_window": DPS_PRESENCE_WINDOW,
             "history_size": DPS_HISTORY_SIZE,

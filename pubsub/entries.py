@@ -17,9 +17,12 @@ Inbox of a topic server (``dps:ts:{name}``):
     ["hist", topic, reply_key, after]   topic's kept messages after seq `after`, its epoch and last seq
 
 Stream of a websocket node (``dps:node:{name}``):
-    ["msg", topic, seq, message, epoch]  one per node per published message, seq per topic from 1;
-                                  epoch: the topic's history epoch ("" with history off); seq 0:
-                                  not numbered (a presence change, which history does not keep)
+    ["msg", topic, seq, message, epoch, generation]  one per node per published message, seq per
+                                  topic from 1; epoch: the topic's history epoch ("" with history
+                                  off); seq 0: not numbered (a presence change, which history does
+                                  not keep); generation: the ring generation of the owner that
+                                  numbered it (nodes drop an older one's, topicserver/fencing.py;
+                                  UNKNOWN_GENERATION from a server before 0.14, which sent none)
     ["send", channel, message]    a send() to one channel living on this node
     ["gadd", group, channel] / ["gdiscard", group, channel]   group changes for a channel of this node
     ["owner", server, token, gen] a topic server (re)started or gained topics: adopt ring generation
@@ -40,7 +43,16 @@ import msgpack
 
 from pubsub.exceptions import TransportError
 
-__all__ = ["MalformedEntry", "pack", "unpack", "pack_message", "unpack_message", "INBOX_OPS", "NODE_OPS"]
+__all__ = [
+    "MalformedEntry",
+    "pack",
+    "unpack",
+    "pack_message",
+    "unpack_message",
+    "INBOX_OPS",
+    "NODE_OPS",
+    "UNKNOWN_GENERATION",
+]
 
 # op -> number of fields after the op, with the type of each
 INBOX_OPS = {
@@ -54,8 +66,11 @@ INBOX_OPS = {
     "plist": (str, str),
     "hist": (str, str, int),
 }
+UNKNOWN_GENERATION = -(2**31)
+# Fields added since: an entry of an older process without them gets these values (rolling upgrades).
+_ADDED_FIELDS = {"msg": (UNKNOWN_GENERATION,)}
 NODE_OPS = {
-    "msg": (str, int, bytes, str),
+    "msg": (str, int, bytes, str, int),
     "send": (str, bytes),
     "gadd": (str, str),
     "gdiscard": (str, str),
@@ -82,6 +97,9 @@ def unpack(data: bytes, ops: dict[str, tuple]) -> list:
     if not isinstance(fields, list) or not fields or fields[0] not in ops:
         raise MalformedEntry(f"unknown entry: {fields!r:.80}")
     types = ops[fields[0]]
+    added = _ADDED_FIELDS.get(fields[0], ())
+    if added and len(fields) == len(types) + 1 - len(added):
+        fields.extend(added)
     if len(fields) != len(types) + 1 or not all(isinstance(v, t) for v, t in zip(fields[1:], types, strict=True)):
         raise MalformedEntry(f"bad fields for {fields[0]!r}: {fields!r:.80}")
     return fields

@@ -73,6 +73,8 @@ class TopicRingLayer(
         expiry: int = 60,
         channel_capacity: dict | None = None,
         stream_maxlen: int = 100_000,
+        redis_wait_replicas: int = 0,
+        redis_wait_timeout: float = 1.0,
         liveness_ttl: float = 5.0,
         presence_window: float = 0.1,
         history_size: int = 100,
@@ -89,6 +91,7 @@ class TopicRingLayer(
         self.ring = HashRing(topic_servers)
         self.channel_capacity = self.compile_capacities(channel_capacity or {})
         self.stream_maxlen = stream_maxlen
+        self.redis_wait = (redis_wait_replicas, redis_wait_timeout)  # (replicas, seconds): see the Redis transport
         self.liveness_ttl = liveness_ttl
         self.presence_window = presence_window  # what topic servers coalesce presence changes over
         self.history_size, self.history_ttl = history_size, history_ttl  # what topic servers keep per topic
@@ -123,6 +126,7 @@ class TopicRingLayer(
         self._identity_of: dict[str, str] = {}
         self._groups: dict[str, set[str]] = {}
         self._last_seq: dict[str, int] = {}
+        self._owner_generations: dict[str, int] = {}  # topic -> newest generation that numbered it
         self._announcements: dict[str, asyncio.Future] = {}
         self._tasks: list[asyncio.Task] = []
         self._started: asyncio.Future | None = None
@@ -409,6 +413,7 @@ class TopicRingLayer(
         if not members:
             del self._groups[group]
             self._last_seq.pop(group, None)
+            self._owner_generations.pop(group, None)
             self._forget_replica(group)
             await asyncio.shield(self._announce("unsub", group))
 
@@ -520,7 +525,7 @@ class TopicRingLayer(
             return MemoryTransport(maxlen=self.stream_maxlen)
         from pubsub.transport.redis import redis_transport
 
-        return redis_transport(self.redis_url, maxlen=self.stream_maxlen)
+        return redis_transport(self.redis_url, maxlen=self.stream_maxlen, wait=self.redis_wait)
 
     def _spawn(self, coroutine, name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coroutine, name=name))

@@ -2,7 +2,9 @@
 
 A mixin of ``TopicRingLayer`` (pubsub/layer.py), which owns the state it uses:
 ``_groups`` (group -> local channels), ``_mailboxes``, ``_fastlanes`` and
-``_last_seq`` (per topic, to drop repeats and count gaps). A message is decoded
+``_last_seq`` (per topic, to drop repeats and count gaps), ``_owner_generations`` (per topic, the
+newest ring generation that numbered it: fan-out of an older, fenced owner is dropped, never
+delivered ahead of its successor's; topicserver/fencing.py). A message is decoded
 once per node; a member with a fastlane (a Phoenix socket) gets the frame
 written at once, any other channel gets it in its mailbox.
 """
@@ -78,7 +80,9 @@ class NodeDelivery:
     async def _handle_node_entry(self, fields: list) -> None:
         op = fields[0]
         if op == "msg":
-            _, topic, seq, blob, epoch = fields
+            _, topic, seq, blob, epoch, generation = fields
+            if self._from_older_owner(topic, generation):
+                return
             last = self._last_seq.get(topic)
             if seq and last is not None and seq > last + 1 and topic in self._groups:
                 await self._fill_gap(topic, last, seq)
@@ -107,6 +111,19 @@ class NodeDelivery:
             self.stats["dropped_by_owner"] += 1
             logger.warning("node %s: topic server %s had taken this node for dead; announcing again", self.node, server)
             await self._tell_owners("sub", [group for group in self._groups if self.ring.owner(group) == server])
+
+    def _from_older_owner(self, topic: str, generation: int) -> bool:
+        """Fan-out numbered under an older ring generation than one already seen for topic (an owner
+        that was paused past its TTL): its messages are in the successor's numbers or history."""
+        if generation == entries.UNKNOWN_GENERATION or topic not in self._groups:
+            return False
+        newest = self._owner_generations.get(topic)
+        if newest is not None and generation < newest:
+            self.stats["from_older_owner"] += 1
+            return True
+        if newest is None or generation > newest:
+            self._owner_generations[topic] = generation
+        return False
 
     def _deliver_to_group(self, topic: str, seq: int, blob: bytes, epoch: str = "") -> None:
         members = self._groups.get(topic)

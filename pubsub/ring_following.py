@@ -43,8 +43,10 @@ class RingFollowing:
                 epoch = await self.transport.epoch()
                 if epoch != self.epoch:
                     logger.warning("node %s: Redis restarted empty; announcing every topic again", self.node)
-                    # Owners keep numbering from memory, so the last numbers seen stay valid.
+                    # Owners keep numbering from memory, so the last numbers seen stay valid; ring
+                    # generations may start again lower (if every topic server restarted too).
                     self.epoch, self.generation = epoch, -1
+                    self._owner_generations.clear()
                     if self.live_ring:
                         await self._follow_ring()
                     await self._tell_owners("sub", list(self._groups))

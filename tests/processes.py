@@ -86,16 +86,26 @@ def dps_env(**overrides: str) -> dict[str, str]:
 
 
 class RedisServer(ManagedProcess):
-    """A private ``redis-server`` on a free loopback port, keeping nothing on disk."""
+    """A private ``redis-server`` on a free loopback port, keeping nothing on disk; with replica_of,
+    a replica of that one, ready once its link to it is up."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, replica_of: RedisServer | None = None):
         self.port = port or free_port()
-        super().__init__(
-            ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"],
-            dict(os.environ),
-            f"redis-{self.port}",
-        )
+        args = ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        if replica_of is not None:
+            args += ["--replicaof", HOST, str(replica_of.port)]
+        super().__init__(args, dict(os.environ), f"redis-{self.port}")
         wait_for_port(self.port, self.process, self.log)
+        if replica_of is not None:
+            self._wait_for_link()
+
+    def _wait_for_link(self, timeout: float = START_TIMEOUT) -> None:
+        with self.client() as client:
+            deadline = time.monotonic() + timeout
+            while client.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the replica on {self.port} never linked up:\n{self.output()}")
+                time.sleep(0.05)
 
     @property
     def url(self) -> str:

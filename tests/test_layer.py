@@ -47,9 +47,9 @@ class CountingTransport:
         self.appended.extend(stream for stream, _ in items)
         await self.transport.append_many(items)
 
-    async def commit_batch(self, server, sequences, stamps, appends, cursor, history=None):
+    async def deliver(self, server, generation, appends, cursor):
         self.appended.extend(stream for stream, _ in appends)
-        await self.transport.commit_batch(server, sequences, stamps, appends, cursor, history)
+        return await self.transport.deliver(server, generation, appends, cursor)
 
 
 @pytest.fixture(scope="module")

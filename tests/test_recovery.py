@@ -172,14 +172,14 @@ class LosingTransport:
     def __getattr__(self, name):
         return getattr(self.transport, name)
 
-    async def commit_batch(self, server, sequences, stamps, appends, cursor, history=None):
+    async def deliver(self, server, generation, appends, cursor):
         kept = []
         for stream, data in appends:
             fields = entries.unpack(data, entries.NODE_OPS) if stream.startswith("dps:node:") else None
             if fields and fields[0] == "msg" and fields[2] in self.lose:
                 continue
             kept.append((stream, data))
-        await self.transport.commit_batch(server, sequences, stamps, kept, cursor, history)
+        return await self.transport.deliver(server, generation, kept, cursor)
 
 
 @pytest.mark.parametrize("history_size, filled", [(100, True), (0, False)])

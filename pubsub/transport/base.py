@@ -11,9 +11,14 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Transport", "History", "inbox_stream", "node_stream", "new_epoch", "FIRST_ID"]
+__all__ = ["Transport", "Numbering", "inbox_stream", "node_stream", "new_epoch", "FIRST_ID", "OK", "FENCED", "TAKEN"]
 
 FIRST_ID = "0-0"
+
+# What number() answers for a topic (topicserver/fencing.py explains the rules)
+OK = "ok"  # the numbers and the history are stored
+FENCED = "fenced"  # a newer ring generation numbers this topic: nothing was written
+TAKEN = "taken"  # the first new number is already used (another owner numbered meanwhile): nothing was written
 
 
 def inbox_stream(server: str) -> str:
@@ -27,13 +32,19 @@ def node_stream(node: str) -> str:
 
 
 @dataclass
-class History:
-    """What a batch adds to its topics' histories: the last ``size`` messages for ``ttl`` seconds."""
+class Numbering:
+    """What one batch numbers in one topic, stored only if the topic's fence allows it.
 
-    messages: list[tuple[str, int, bytes]]  # (topic, seq, message)
-    size: int
-    ttl: float
-    renew: set[str] | None = None  # topics whose expiry to renew now (None: every topic of messages)
+    ``first`` is the first number the batch gives (0: it only resends numbers stored before), ``last``
+    the highest it sends. ``kept`` goes to the topic's history (the last ``history_size`` messages,
+    for ``history_ttl`` seconds); with ``renew`` the history's expiry is renewed too.
+    """
+
+    topic: str
+    first: int
+    last: int
+    kept: list[tuple[int, str, bytes]]  # (seq, origin, message)
+    renew: bool = False
 
 
 def new_epoch() -> str:
@@ -89,8 +100,9 @@ class Transport(Protocol):
     async def ring_state(self) -> tuple[int, list[str]]:
         """The live ring: (generation, members)."""
 
-    async def propose_ring(self, generation: int, members: list[str]) -> int | None:
-        """Compare-and-set the ring to generation + 1; None if the generation moved meanwhile."""
+    async def propose_ring(self, generation: int, members: list[str], floor: int = 0) -> int | None:
+        """Compare-and-set the ring to generation + 1 (or floor + 1 if higher); None if the generation
+        moved meanwhile."""
 
     async def ack_generation(self, name: str, generation: int) -> None: ...
     async def generation_acks(self) -> dict[str, int]: ...
@@ -103,28 +115,30 @@ class Transport(Protocol):
     async def load_cursor(self, server: str) -> str | None:
         """The id of the last inbox entry whose effects are committed."""
 
-    async def load_stamps(self, server: str) -> dict[str, int]:
-        """inbox entry id -> sequence number of a batch that was not fully committed."""
+    # Fencing: one numberer per topic, one reader per inbox (topicserver/fencing.py)
 
-    async def commit_batch(
-        self,
-        server: str,
-        sequences: dict[str, int],
-        stamps: dict[str, int],
-        appends: list,
-        cursor: str,
-        history: History | None = None,
-    ) -> None:
-        """Sequences and stamps, the history, then the appends, then the cursor: a crash leaves a
-        prefix of these (so a message a node received is in the history its owner reads)."""
+    async def number(
+        self, generation: int, numberings: list[Numbering], history_size: int, history_ttl: float
+    ) -> dict[str, tuple[str, int]]:
+        """Per topic, atomically: refuse if its fence is above generation (FENCED, the fence) or if its
+        first new number is taken (TAKEN, the last number stored); else raise the fence to generation,
+        store the last number and append the kept messages to the history (OK, 0)."""
+
+    async def deliver(self, server: str, generation: int, appends: list[tuple[str, bytes]], cursor: str) -> bool:
+        """The appends in order, then server's inbox cursor, unless a newer generation holds that inbox
+        (then the cursor stays and False is returned). A crash leaves a prefix of these."""
+
+    async def claim_inbox(self, server: str, generation: int) -> str | None:
+        """Hold server's inbox at generation (its cursor moves only for that or a newer one); its cursor."""
+
+    async def claim_topics(self, topics: list[str], generation: int) -> dict[str, dict[str, int]]:
+        """Raise each topic's fence to generation; per topic, the origin -> seq of its kept history."""
 
     async def history_epochs(self, topics: list[str], ttl: float) -> dict[str, str]:
         """Each topic's history epoch, made (random) if it has none: new whenever its history was lost."""
 
     async def history(self, topic: str) -> list[tuple[int, bytes]]:
-        """A topic's kept messages, (seq, message) oldest first (possibly with repeats of a retried commit)."""
-
-    async def set_cursor(self, server: str, cursor: str) -> None: ...
+        """A topic's kept messages, (seq, message) oldest first."""
 
     async def close(self) -> None:
         """Release connections."""

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import deque
 
-from pubsub.transport.base import FIRST_ID, History, new_epoch
+from pubsub.transport.base import FENCED, FIRST_ID, OK, TAKEN, Numbering, new_epoch
 
 __all__ = ["MemoryTransport"]
 
@@ -38,9 +38,10 @@ class MemoryTransport:
         self._barriers: dict[str, dict[str, str]] = {}
         self._sequences: dict[str, int] = {}
         self._cursors: dict[str, str] = {}
-        self._stamps: dict[str, dict[str, int]] = {}
+        self._fences: dict[str, int] = {}  # topic -> newest generation that numbered it
+        self._holders: dict[str, int] = {}  # server -> newest generation that read its inbox
         self._replies: dict[str, asyncio.Future] = {}
-        self._histories: dict[str, tuple[deque, float]] = {}  # topic -> (seq, message) kept, expiry
+        self._histories: dict[str, tuple[deque, float]] = {}  # topic -> (seq, origin, message) kept, expiry
         self._history_epochs: dict[str, tuple[str, float]] = {}
 
     def forget_waiters(self) -> None:
@@ -142,11 +143,11 @@ class MemoryTransport:
     async def ring_state(self) -> tuple[int, list[str]]:
         return self._ring
 
-    async def propose_ring(self, generation: int, members: list[str]) -> int | None:
+    async def propose_ring(self, generation: int, members: list[str], floor: int = 0) -> int | None:
         if self._ring[0] != generation:
             return None
-        self._ring = (generation + 1, sorted(members))
-        return generation + 1
+        self._ring = (max(generation, floor) + 1, sorted(members))
+        return self._ring[0]
 
     async def ack_generation(self, name: str, generation: int) -> None:
         self._generation_acks[name] = generation
@@ -166,28 +167,57 @@ class MemoryTransport:
     async def load_cursor(self, server: str) -> str | None:
         return self._cursors.get(server)
 
-    async def load_stamps(self, server: str) -> dict[str, int]:
-        return dict(self._stamps.get(server, {}))
+    # Fencing: the same checks as the Redis scripts (pubsub/transport/redis_scripts.py)
 
-    async def commit_batch(self, server, sequences, stamps, appends, cursor, history=None) -> None:
-        self._sequences.update(sequences)
-        if history is not None:
-            self._keep(history)
+    async def number(self, generation: int, numberings: list[Numbering], history_size: int, history_ttl: float):
+        verdicts = {}
+        for numbering in numberings:
+            topic = numbering.topic
+            fence = self._fences.get(topic)
+            current = self._sequences.get(topic, 0)
+            if fence is not None and fence > generation:
+                verdicts[topic] = (FENCED, fence)
+            elif 0 < numbering.first <= current:
+                verdicts[topic] = (TAKEN, current)
+            else:
+                self._fences[topic] = max(generation, fence if fence is not None else generation)
+                self._sequences[topic] = max(current, numbering.last)
+                if history_size:
+                    self._keep(topic, numbering.kept, history_size, history_ttl)
+                verdicts[topic] = (OK, 0)
+        return verdicts
+
+    async def deliver(self, server: str, generation: int, appends: list[tuple[str, bytes]], cursor: str) -> bool:
         for stream, data in appends:
             self._append(stream, data)
+        if self._holders.get(server, generation) > generation:
+            return False
         self._cursors[server] = cursor
+        return True
 
-    def _keep(self, history: History) -> None:
-        expires = time.monotonic() + history.ttl
-        for topic, seq, message in history.messages:
-            kept = self._histories.get(topic)
-            if kept is None or kept[1] < time.monotonic():
-                kept = (deque(maxlen=history.size), expires)
-            kept[0].append((seq, message))
-            self._histories[topic] = (kept[0], expires)
-            epoch = self._history_epochs.get(topic)
-            if epoch is not None:
-                self._history_epochs[topic] = (epoch[0], expires)
+    async def claim_inbox(self, server: str, generation: int) -> str | None:
+        self._holders[server] = max(generation, self._holders.get(server, generation))
+        return self._cursors.get(server)
+
+    async def claim_topics(self, topics: list[str], generation: int) -> dict[str, dict[str, int]]:
+        for topic in topics:
+            self._fences[topic] = max(generation, self._fences.get(topic, generation))
+        return {topic: {origin: seq for seq, origin, _ in self._kept(topic)} for topic in topics}
+
+    def _keep(self, topic: str, messages, size: int, ttl: float) -> None:
+        now = time.monotonic()
+        kept = self._histories.get(topic)
+        if kept is None or kept[1] < now:
+            kept = (deque(maxlen=size), now + ttl)
+        kept[0].extend(messages)
+        self._histories[topic] = (kept[0], now + ttl)
+        epoch = self._history_epochs.get(topic)
+        if epoch is not None:
+            self._history_epochs[topic] = (epoch[0], now + ttl)
+
+    def _kept(self, topic: str) -> list[tuple[int, str, bytes]]:
+        kept = self._histories.get(topic)
+        return [] if kept is None or kept[1] < time.monotonic() else list(kept[0])
 
     async def history_epochs(self, topics: list[str], ttl: float) -> dict[str, str]:
         now = time.monotonic()
@@ -201,14 +231,7 @@ class MemoryTransport:
         return out
 
     async def history(self, topic: str) -> list[tuple[int, bytes]]:
-        kept = self._histories.get(topic)
-        if kept is None or kept[1] < time.monotonic():
-            return []
-        return list(kept[0])
-
-    async def set_cursor(self, server: str, cursor: str) -> None:
-        self._cursors[server] = cursor
-        self._stamps.pop(server, None)
+        return [(seq, message) for seq, _, message in self._kept(topic)]
 
     async def close(self) -> None:
         self.__init__(self.maxlen)

@@ -20,11 +20,12 @@ import time
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pubsub.exceptions import TransportError
-from pubsub.transport.base import FIRST_ID, History, new_epoch
+from pubsub.transport import redis_scripts
+from pubsub.transport.base import FIRST_ID, Numbering, new_epoch
 from pubsub.transport.coalescer import AppendCoalescer
 from pubsub.transport.redis_clients import async_client, is_cluster, sync_client
 
@@ -56,18 +57,21 @@ _LEGACY_SEQUENCES_KEY = "dps:seq"  # one hash of every topic's number, before 0.
 _PROPOSE_RING = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
 if current ~= tonumber(ARGV[1]) then return -1 end
-redis.call('HSET', KEYS[1], 'generation', current + 1, 'members', ARGV[2])
-return current + 1
+local next = math.max(current, tonumber(ARGV[3])) + 1
+redis.call('HSET', KEYS[1], 'generation', next, 'members', ARGV[2])
+return next
 """
 
 
-def redis_transport(url: str, maxlen: int = 100_000) -> RedisTransport:
-    """The transport for a Redis URL: one Redis, or a Redis Cluster for ``redis+cluster://``."""
+def redis_transport(url: str, maxlen: int = 100_000, wait: tuple[int, float] = (0, 1.0)) -> RedisTransport:
+    """The transport for a Redis URL: one Redis, or a Redis Cluster for ``redis+cluster://``.
+
+    wait: (replicas, seconds) that an append and a batch's numbers wait for (``WAIT``); 0: none."""
     if is_cluster(url):
         from pubsub.transport.redis_cluster import RedisClusterTransport
 
         return RedisClusterTransport(url, maxlen)
-    return RedisTransport(url, maxlen)
+    return RedisTransport(url, maxlen, wait)
 
 
 def _sequence_key(topic: str) -> str:
@@ -87,12 +91,18 @@ def _history_epoch_key(topic: str) -> str:
     return f"dps:hepoch:{{{topic}}}"
 
 
+def _fence_key(topic: str) -> str:
+    """The newest ring generation that numbered a topic (topicserver/fencing.py)."""
+    return f"dps:fence:{{{topic}}}"
+
+
 def _cursor_key(server: str) -> str:
     return f"dps:cursor:{{{server}}}"
 
 
-def _stamps_key(server: str) -> str:
-    return f"dps:stamps:{{{server}}}"
+def _holder_key(server: str) -> str:
+    """The newest ring generation that read a server's inbox: only it moves the cursor."""
+    return f"dps:holder:{{{server}}}"
 
 
 def _snapshot_key(kind: str, name: str) -> str:
@@ -105,9 +115,14 @@ class RedisTransport:
     # Errors after which a command is worth trying again (a cluster adds its own: slots moving).
     TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 
-    def __init__(self, url: str, maxlen: int = 100_000):
+    def __init__(self, url: str, maxlen: int = 100_000, wait: tuple[int, float] = (0, 1.0)):
         self.url = url
         self.maxlen = maxlen
+        # Redis replicates asynchronously: with replicas > 0, an append (what a publisher's ok means)
+        # is acknowledged only once that many replicas have it, and a batch's numbers and history wait
+        # for them too (a promoted replica then knows them). Durability, not ownership: WAIT narrows
+        # what a failover loses, it does not make Redis consistent.
+        self.wait_replicas, self.wait_ms = wait[0], int(wait[1] * 1000)
         self._writer = async_client(
             url,
             max_connections=_WRITE_POOL_SIZE,
@@ -150,14 +165,21 @@ class RedisTransport:
         """One pipeline of XADDs for the coalescer, retried a while if Redis cannot be reached."""
         for delay in (*_APPEND_RETRY_DELAYS, None):
             try:
-                if len(items) == 1:  # nothing overlapped: one plain command is cheaper than a pipeline
+                if len(items) == 1 and not self.wait_replicas:  # one plain command is cheaper than a pipeline
                     stream, data = items[0]
                     await self._appender.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
                     return
                 async with self._appender.pipeline(transaction=False) as pipe:
                     for stream, data in items:
                         pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
-                    await pipe.execute()
+                    if self.wait_replicas:
+                        pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms)
+                    replies = await pipe.execute()
+                if self.wait_replicas and replies[-1] < self.wait_replicas:
+                    raise TransportError(
+                        f"{len(items)} appends reached {replies[-1]} of the {self.wait_replicas} replicas "
+                        f"DPS_REDIS_WAIT_REPLICAS asks for within {self.wait_ms} ms"
+                    )
                 return
             except self.TRANSIENT_ERRORS as exc:
                 await self._drop_connections()
@@ -285,9 +307,11 @@ class RedisTransport:
         generation, members = await self._call("HMGET", _RING_KEY, "generation", "members")
         return int(generation or 0), orjson.loads(members) if members else []
 
-    async def propose_ring(self, generation: int, members: list[str]) -> int | None:
-        """Move the ring from generation to generation + 1 with members; None if someone was first."""
-        result = await self._call("EVAL", _PROPOSE_RING, 1, _RING_KEY, generation, orjson.dumps(sorted(members)))
+    async def propose_ring(self, generation: int, members: list[str], floor: int = 0) -> int | None:
+        """Move the ring from generation to generation + 1 (floor + 1 if higher: past every fence)
+        with members; None if someone was first."""
+        members_json = orjson.dumps(sorted(members))
+        result = await self._call("EVAL", _PROPOSE_RING, 1, _RING_KEY, generation, members_json, floor)
         return None if result < 0 else int(result)
 
     async def ack_generation(self, name: str, generation: int) -> None:
@@ -321,54 +345,94 @@ class RedisTransport:
         value = await self._call("GET", _cursor_key(server))
         return value.decode() if value else None
 
-    async def load_stamps(self, server: str) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in (await self._call("HGETALL", _stamps_key(server))).items()}
+    # Fencing (topicserver/fencing.py): checked by scripts next to the keys they guard
 
-    async def commit_batch(
-        self,
-        server: str,
-        sequences: dict[str, int],
-        stamps: dict[str, int],
-        appends: list[tuple[str, bytes]],
-        cursor: str,
-        history: History | None = None,
-    ) -> None:
-        """One inbox batch's effects, in this order: sequence numbers and stamps (so a successor can
-        resend with the same numbers), the history and the appends, then the cursor past the batch."""
+    async def number(
+        self, generation: int, numberings: list[Numbering], history_size: int, history_ttl: float
+    ) -> dict[str, tuple[str, int]]:
+        calls = []
+        for numbering in numberings:
+            topic = numbering.topic
+            keys = (_fence_key(topic), _sequence_key(topic), _history_key(topic), _history_epoch_key(topic))
+            expiry = int(history_ttl * 1000) if numbering.renew and history_size else 0
+            args = [generation, numbering.first, numbering.last, history_size, expiry]
+            for kept in numbering.kept if history_size else ():
+                args.extend(kept)
+            calls.append((redis_scripts.NUMBER, keys, args))
+        try:
+            replies = await self._run_scripts(calls)
+        except _REDIS_ERRORS as exc:
+            await self._drop_connections()
+            raise TransportError(f"numbering {len(numberings)} topics failed: {exc}") from exc
+        return {
+            n.topic: (verdict.decode(), int(value)) for n, (verdict, value) in zip(numberings, replies, strict=True)
+        }
 
-        def number(pipe) -> None:
-            if sequences:
-                self._set_many(pipe, {_sequence_key(topic): seq for topic, seq in sequences.items()})
-            if stamps:
-                pipe.hset(_stamps_key(server), mapping=stamps)
-
+    async def deliver(self, server: str, generation: int, appends: list[tuple[str, bytes]], cursor: str) -> bool:
         def send(pipe) -> None:
-            if history is not None:
-                self._keep(pipe, history)
             for stream, data in appends:
                 pipe.xadd(stream, {_FIELD: data}, maxlen=self.maxlen, approximate=True)
 
-        def advance(pipe) -> None:
-            pipe.set(_cursor_key(server), cursor)
-            if stamps:
-                pipe.delete(_stamps_key(server))
-
+        advance = (redis_scripts.ADVANCE_CURSOR, (_holder_key(server), _cursor_key(server)), (generation, cursor))
         try:
-            await self._in_order([number, send, advance])
+            moved = await self._in_order(send, advance)
         except _REDIS_ERRORS as exc:
             await self._drop_connections()
-            raise TransportError(f"committing a batch of {server} failed: {exc}") from exc
+            raise TransportError(f"delivering a batch of {server} failed: {exc}") from exc
+        return bool(moved)
 
-    @staticmethod
-    def _keep(pipe, history: History) -> None:
-        """Per message one XADD (the stream trimmed to size); the expiries of the topics to renew."""
-        ttl_ms = int(history.ttl * 1000)
-        for topic, seq, message in history.messages:
-            pipe.xadd(_history_key(topic), {"s": seq, _FIELD: message}, maxlen=history.size, approximate=False)
-        renew = history.renew if history.renew is not None else {topic for topic, _, _ in history.messages}
-        for topic in renew:
-            pipe.pexpire(_history_key(topic), ttl_ms)
-            pipe.pexpire(_history_epoch_key(topic), ttl_ms)
+    async def claim_inbox(self, server: str, generation: int) -> str | None:
+        keys = (_holder_key(server), _cursor_key(server))
+        try:
+            (cursor,) = await self._run_scripts([(redis_scripts.CLAIM_INBOX, keys, (generation,))])
+        except _REDIS_ERRORS as exc:
+            await self._drop_connections()
+            raise TransportError(f"claiming the inbox of {server} failed: {exc}") from exc
+        return cursor.decode() if cursor else None
+
+    async def claim_topics(self, topics: list[str], generation: int) -> dict[str, dict[str, int]]:
+        calls = [(redis_scripts.CLAIM_TOPIC, (_fence_key(t), _history_key(t)), (generation,)) for t in topics]
+        try:
+            replies = await self._run_scripts(calls)
+        except _REDIS_ERRORS as exc:
+            await self._drop_connections()
+            raise TransportError(f"claiming {len(topics)} topics failed: {exc}") from exc
+        return {
+            topic: {reply[i].decode(): int(reply[i + 1]) for i in range(0, len(reply), 2)}
+            for topic, reply in zip(topics, replies, strict=True)
+        }
+
+    async def _run_scripts(self, calls) -> list:
+        """EVALSHA each (script, keys, args) in one pipeline; a script Redis does not know yet (it
+        restarted, or a new cluster member) is loaded and its calls made again (they did nothing)."""
+        replies: list = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for _ in range(3):
+            async with self._writer.pipeline(transaction=False) as pipe:
+                for index in pending:
+                    script, keys, args = calls[index]
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                if self.wait_replicas:
+                    pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms)
+                results = await pipe.execute(raise_on_error=False)
+            if self.wait_replicas:
+                replicated = results.pop()
+                if isinstance(replicated, int) and replicated < self.wait_replicas:
+                    logger.warning("stored numbers reached %d of %d replicas", replicated, self.wait_replicas)
+            missing = []
+            for index, result in zip(pending, results, strict=True):
+                if isinstance(result, NoScriptError):
+                    missing.append(index)
+                elif isinstance(result, Exception):
+                    raise result
+                else:
+                    replies[index] = result
+            if not missing:
+                return replies
+            for script in {calls[index][0] for index in missing}:
+                await self._writer.script_load(script.source)
+            pending = missing
+        raise TransportError("Redis keeps forgetting DPS's scripts (SCRIPT FLUSH in a loop?)")
 
     async def history_epochs(self, topics: list[str], ttl: float) -> dict[str, str]:
         """SET NX then GET: a topic keeps its epoch while its history lives, gets a new one after."""
@@ -391,34 +455,29 @@ class RedisTransport:
             raise TransportError(f"reading the history of {topic} failed: {exc}") from exc
         return [(int(fields[b"s"]), fields[_FIELD]) for _, fields in entries]
 
-    async def set_cursor(self, server: str, cursor: str) -> None:
-        async with self._writer.pipeline(transaction=False) as pipe:
-            pipe.set(_cursor_key(server), cursor)
-            pipe.delete(_stamps_key(server))
-            try:
-                await pipe.execute()
-            except _REDIS_ERRORS as exc:
-                await self._drop_connections()
-                raise TransportError(f"moving the cursor of {server} failed: {exc}") from exc
-
     # What one Redis and a Redis Cluster do differently (pubsub/transport/redis_cluster.py)
 
     SINGLE_KEY_TRANSACTIONS = True
 
-    async def _in_order(self, steps) -> None:
-        """Run each step's commands after the previous step's: one pipeline, since one connection
-        to one Redis keeps the order (and a crash leaves a prefix)."""
+    async def _in_order(self, send, script):
+        """send's commands, then the script (script, keys, args), whose reply is returned: one
+        pipeline, since one connection to one Redis keeps the order (and a crash leaves a prefix)."""
+        source, keys, args = script
         async with self._writer.pipeline(transaction=False) as pipe:
-            for step in steps:
-                step(pipe)
-            await pipe.execute()
+            send(pipe)
+            pipe.execute_command("EVALSHA", source.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        for result in results[:-1]:
+            if isinstance(result, Exception):
+                raise result
+        if isinstance(results[-1], NoScriptError):  # the appends are in: load the script, run it alone
+            return (await self._run_scripts([script]))[0]
+        if isinstance(results[-1], Exception):
+            raise results[-1]
+        return results[-1]
 
     async def _get_many(self, keys: list[str]) -> list:
         return await self._writer.mget(keys) if keys else []
-
-    @staticmethod
-    def _set_many(pipe, mapping: dict) -> None:
-        pipe.mset(mapping)
 
     async def _call(self, *command):
         try:

@@ -6,9 +6,9 @@ share the topic's. What is global (the ring and its generation acks, the livenes
 the epoch) is a handful of single keys. Nothing needs a cross-slot command; what one Redis does
 in one pipeline, a cluster does in ordered steps:
 
-- a batch commit is three round trips (numbers, then history and fan-out, then the cursor),
-  because a pipeline that spans members runs on each member independently; the order is what
-  makes a crash safe (topicserver/server.py);
+- a batch commit is three round trips (the topics' fenced numbers and history, then the fan-out,
+  then the inbox cursor), because a pipeline that spans members runs on each member independently;
+  the order is what makes a crash safe (topicserver/fencing.py);
 - reads of many keys are pipelined GETs, which the client splits by member.
 
 While slots move (resharding) the client follows ``MOVED``/``ASK``; while a member fails over,
@@ -31,12 +31,12 @@ class RedisClusterTransport(RedisTransport):
     # client's transactions are newer than the lower bound we support.
     SINGLE_KEY_TRANSACTIONS = False
 
-    async def _in_order(self, steps) -> None:
-        for step in steps:
-            async with self._writer.pipeline() as pipe:
-                step(pipe)
-                if len(pipe):
-                    await pipe.execute()
+    async def _in_order(self, send, script):
+        async with self._writer.pipeline() as pipe:
+            send(pipe)
+            if len(pipe):
+                await pipe.execute()
+        return (await self._run_scripts([script]))[0]
 
     async def _get_many(self, keys: list[str]) -> list:
         if not keys:
@@ -45,11 +45,6 @@ class RedisClusterTransport(RedisTransport):
             for key in keys:
                 pipe.get(key)
             return await pipe.execute()
-
-    @staticmethod
-    def _set_many(pipe, mapping: dict) -> None:
-        for key, value in mapping.items():
-            pipe.set(key, value)
 
     @staticmethod
     async def _drop_idle(client) -> None:

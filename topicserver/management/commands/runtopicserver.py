@@ -71,7 +71,7 @@ class Command(BaseCommand):
 
     async def serve(self, name: str, redis_url: str, source: str, metrics_host: str, metrics_port: int | None) -> None:
         layer = self.layer
-        transport = redis_transport(redis_url, maxlen=layer.stream_maxlen)
+        transport = redis_transport(redis_url, maxlen=layer.stream_maxlen, wait=layer.redis_wait)
         try:
             await transport.ping()
         except TransportError as exc:
