@@ -14,6 +14,8 @@ Scenarios (each on every stack that applies, measured in the same run so ratios 
 8. history: Redis commands and bytes per publish with history on and off (bench/history_cost.py);
 9. scale-out: publishes/s and Redis CPU per publish on one Redis and on a 3-master Redis Cluster
    (bench/scaleout.py).
+chaos (only with --only chaos): dpsverify through runcluster --chaos, 3 topic servers, 2 nodes
+   (bench/chaos.py; it needs manage.py dpsverify).
 Prints a table with the ratios, writes bench/results/<time>.json and a PNG plot.
 """
 
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import websockets
 
-from bench import chat, fencing_cost, history_cost, layer_fanout, presence, scaleout
+from bench import chaos, chat, fencing_cost, history_cost, layer_fanout, presence, scaleout
 from bench.clients import ClientGroup
 from bench.logs import log
 from bench.stacks import STACKS, Stack
@@ -276,6 +278,7 @@ def print_report(rows) -> None:
     history_cost.print_report(rows)
     scaleout.print_report(rows)
     fencing_cost.print_report(rows)
+    chaos.print_report(rows)
 
 
 def plot(rows, path: Path) -> bool:
@@ -322,7 +325,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, about 5 minutes (chat alone: about 3)")
     parser.add_argument(
-        "--only", help="comma-separated scenarios: layer,e2e,cores,storm,memory,chat,presence,history,scaleout,fencing"
+        "--only",
+        help="comma-separated scenarios: layer,e2e,cores,storm,memory,chat,presence,history,scaleout,fencing "
+        "(the default), and chaos",
     )
     parser.add_argument(
         "--stacks", help="comma-separated end-to-end stacks (default: dps,stock-pubsub,stock-core,floor)"
@@ -347,6 +352,7 @@ def main() -> None:
         "history",
         "scaleout",
         "fencing",
+        "chaos",
     }
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}")
@@ -408,6 +414,8 @@ def main() -> None:
     if "fencing" in scenarios:
         log(f"fencing: cost per publish, the owners of {args.fencing_before} against today's")
         rows.extend(fencing_cost.run(args.fencing_before))
+    if "chaos" in scenarios:
+        rows.append(chaos.run(args.quick))
     print_report(rows)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
