@@ -33,7 +33,7 @@ from pubsub.exceptions import TransportError
 from pubsub.heartbeat import HeartbeatThread, start_heartbeat, stop_heartbeat
 from pubsub.ring import HashRing
 from pubsub.tasks import raise_if_cancelling, stop_tasks
-from pubsub.transport.base import Transport, inbox_stream, node_stream
+from pubsub.transport.base import Transport, id_order, inbox_stream, node_stream
 from topicserver.fencing import Fencing, Pending
 from topicserver.history_keeping import HistoryKeeping
 from topicserver.liveness import Liveness
@@ -51,11 +51,6 @@ _REMEMBERED_ORIGINS = 100_000
 IDEMPOTENCY_PREFIX = "key:"  # a publish origin that is a caller's idempotency key (pubsub/api.py)
 IDEMPOTENCY_WINDOW = 300.0  # seconds a topic's owner remembers such a key
 _MEMBERSHIP_OPS = ("sub", "unsub", "track", "untrack", "plist", "hist")
-
-
-def _id_number(entry_id: str) -> tuple[int, int]:
-    milliseconds, _, sequence = entry_id.partition("-")
-    return int(milliseconds), int(sequence or 0)
 
 
 def _backlog_rank(fields: list, stored: int) -> tuple[int, int]:
@@ -218,7 +213,7 @@ class TopicServer(Fencing, RingGenerations, InboxTakeover, HistoryKeeping, Liven
         cursor = await self._reclaim_inbox(cursor)
         backlog: list[tuple[str, bytes]] = []
         tail = await self.transport.last_id(self.inbox)
-        while _id_number(cursor) < _id_number(tail):
+        while id_order(cursor) < id_order(tail):
             batch = await self.transport.read(self.inbox, cursor, 10_000, 0)
             if not batch:
                 break

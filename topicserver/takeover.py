@@ -16,7 +16,7 @@ import time
 
 from pubsub import entries
 from pubsub.tasks import raise_if_cancelling
-from pubsub.transport.base import FIRST_ID, inbox_stream
+from pubsub.transport.base import FIRST_ID, id_order, inbox_stream
 
 __all__ = ["InboxTakeover"]
 
@@ -76,8 +76,12 @@ class InboxTakeover:
         # Held at this generation first: the dead server, if it was only paused, can no longer move
         # its cursor, and the topics fenced below stop its numbering.
         cursor = await self.transport.claim_inbox(gone, self.generation) or FIRST_ID
+        # Up to the inbox's end as it is now: entries keep arriving while processes still send there,
+        # and a pass that chased them held the takeover lock (and so this server's ack of the next
+        # generation) until the server came back: every barrier timed out waiting for it.
+        tail = id_order(await self.transport.last_id(inbox))
         moved = 0
-        while True:
+        while id_order(cursor) < tail:
             raise_if_cancelling()
             batch = await self.transport.read(inbox, cursor, 10_000, 0)
             if not batch:

@@ -19,6 +19,7 @@ __all__ = [
     "node_stream",
     "new_epoch",
     "FIRST_ID",
+    "id_order",
     "OK",
     "FENCED",
     "TAKEN",
@@ -30,6 +31,12 @@ FIRST_ID = "0-0"
 OK = "ok"  # the numbers and the history are stored
 FENCED = "fenced"  # a newer ring generation numbers this topic: nothing was written
 TAKEN = "taken"  # the first new number is already used (another owner numbered meanwhile): nothing was written
+
+
+def id_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable pair (both backends' ids are "<number>-<number>")."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def inbox_stream(server: str) -> str:
