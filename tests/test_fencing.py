@@ -66,6 +66,31 @@ async def test_a_number_already_used_is_refused_with_the_last_one(transport):
     assert len(await transport.history(TOPIC)) == 3
 
 
+async def test_a_numbering_made_again_after_a_lost_reply_is_its_own_not_taken(transport):
+    """A timeout or a failed fan-out after the numbers were stored makes the owner try the same batch
+    again: it must be told its numbers are stored (once), not that they are taken, or it would number
+    the same messages a second time and subscribers would get them twice."""
+    batch = numbering(1, 2, ["a", "b"])
+    assert await transport.number(1, [batch], SIZE, TTL) == {TOPIC: (OK, 0)}
+    assert await transport.number(1, [batch], SIZE, TTL) == {TOPIC: (OK, 0)}
+    assert await transport.history(TOPIC) == [(1, b"m-a"), (2, b"m-b")], "stored once"
+    assert await transport.load_sequences([TOPIC]) == {TOPIC: 2}
+    # The same numbers with other messages, or given by another generation, are someone else's.
+    assert await transport.number(1, [numbering(1, 2, ["x", "y"])], SIZE, TTL) == {TOPIC: (TAKEN, 2)}
+    await transport.claim_topics([TOPIC], 2)
+    assert await transport.number(2, [batch], SIZE, TTL) == {TOPIC: (TAKEN, 2)}, "the fence is not a number"
+    # And through commit, which fans out only what it stored: both attempts fan out (nodes drop the
+    # repeat by its number), neither renumbers.
+    stream = "dps:node:{ws-retry}"
+    again = numbering(3, 3, ["c"])
+    appends = [(stream, b"c", TOPIC)]
+    for _ in range(2):
+        verdicts, moved = await transport.commit("ts-retry", 2, [again], appends, "5-0", SIZE, TTL)
+        assert (verdicts, moved) == ({TOPIC: (OK, 0)}, True)
+    assert [seq for seq, _ in await transport.history(TOPIC)] == [1, 2, 3]
+    assert len(await transport.read(stream, "0-0", 10, 0)) == 2
+
+
 async def test_claiming_a_topic_fences_it_and_tells_what_was_numbered(transport):
     await transport.number(1, [numbering(1, 2, ["a", "b"])], SIZE, TTL)
     assert await transport.claim_topics([TOPIC, "room:empty"], 4) == {TOPIC: {"a": 1, "b": 2}, "room:empty": {}}

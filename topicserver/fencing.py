@@ -21,6 +21,10 @@ The rules, checked by Redis itself (pubsub/transport/redis_scripts.py), never by
   in the dead inbox before it looks in their histories for the origins numbered already; so what the
   dead server stored before the fence is resent with its number (nodes drop the repeat), and what it
   tries after the fence is refused. This replaces per-server stamps: the history is the record.
+- **A retry is not a second numbering.** A commit whose reply was lost (a timeout while Redis was
+  frozen, a fan-out that failed after the numbers were stored) is made again as it was; a topic
+  whose last number this generation gave to the batch's last message answers OK, not TAKEN, so no
+  message is ever numbered twice (subscribers would get it twice, under two numbers).
 - **Generations only grow.** A fence above every ring Redis knows (Redis lost the ring: a restart,
   a failover) makes the owner propose a ring past it, so a stale fence never blocks service.
 

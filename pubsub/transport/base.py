@@ -64,6 +64,13 @@ class Numbering:
     kept: list[tuple[int, str, bytes]]  # (seq, origin, message)
     renew: bool = False
 
+    @property
+    def last_origin(self) -> str:
+        """What marks this batch's numbers as its own: the origin of its last new message. An
+        attempt whose reply was lost (a timeout, Redis frozen, a failed fan-out) is made again; a
+        topic whose last number this generation gave to this origin is this batch's, not taken."""
+        return self.kept[-1][1] if self.kept else ""
+
 
 def new_epoch() -> str:
     """A history's epoch: random, never all digits (it is part of a ref phoenix.js compares)."""
@@ -140,7 +147,8 @@ class Transport(Protocol):
     ) -> dict[str, tuple[str, int]]:
         """Per topic, atomically: refuse if its fence is above generation (FENCED, the fence) or if its
         first new number is taken (TAKEN, the last number stored); else raise the fence to generation,
-        store the last number and append the kept messages to the history (OK, 0)."""
+        store the last number and append the kept messages to the history (OK, 0). Numbers this same
+        numbering stored before (an attempt whose reply was lost) are OK too, and stored once."""
 
     async def deliver(
         self, server: str, generation: int, appends: list[tuple[str, bytes]], cursor: str | None

@@ -39,6 +39,7 @@ class MemoryTransport:
         self._sequences: dict[str, int] = {}
         self._cursors: dict[str, str] = {}
         self._fences: dict[str, int] = {}  # topic -> newest generation that numbered it
+        self._last_numbered: dict[str, tuple[int, str]] = {}  # topic -> (generation, origin) of its last number
         self._holders: dict[str, int] = {}  # server -> newest generation that read its inbox
         self._replies: dict[str, asyncio.Future] = {}
         self._histories: dict[str, tuple[deque, float]] = {}  # topic -> (seq, origin, message) kept, expiry
@@ -178,10 +179,13 @@ class MemoryTransport:
             if fence is not None and fence > generation:
                 verdicts[topic] = (FENCED, fence)
             elif 0 < numbering.first <= current:
-                verdicts[topic] = (TAKEN, current)
+                own = (current, self._last_numbered.get(topic)) == (numbering.last, (generation, numbering.last_origin))
+                verdicts[topic] = (OK, 0) if own else (TAKEN, current)
             else:
                 self._fences[topic] = max(generation, fence if fence is not None else generation)
                 self._sequences[topic] = max(current, numbering.last)
+                if numbering.first:
+                    self._last_numbered[topic] = (generation, numbering.last_origin)
                 if history_size:
                     self._keep(topic, numbering.kept, history_size, history_ttl)
                 verdicts[topic] = (OK, 0)

@@ -96,6 +96,22 @@ def _fence_key(topic: str) -> str:
     return f"dps:fence:{{{topic}}}"
 
 
+def _last_numbered_key(topic: str) -> str:
+    """The generation and origin of a topic's last number: a batch made again knows its own."""
+    return f"dps:numbered:{{{topic}}}"
+
+
+def _numbering_keys(topic: str) -> tuple[str, ...]:
+    """The keys a numbering script reads and writes, in its KEYS order (redis_scripts.NUMBER)."""
+    return (
+        _fence_key(topic),
+        _sequence_key(topic),
+        _history_key(topic),
+        _history_epoch_key(topic),
+        _last_numbered_key(topic),
+    )
+
+
 def _cursor_key(server: str) -> str:
     return f"dps:cursor:{{{server}}}"
 
@@ -353,9 +369,9 @@ class RedisTransport:
         calls = []
         for numbering in numberings:
             topic = numbering.topic
-            keys = (_fence_key(topic), _sequence_key(topic), _history_key(topic), _history_epoch_key(topic))
+            keys = _numbering_keys(topic)
             expiry = int(history_ttl * 1000) if numbering.renew and history_size else 0
-            args = [generation, numbering.first, numbering.last, history_size, expiry]
+            args = [generation, numbering.first, numbering.last, history_size, expiry, numbering.last_origin]
             for kept in numbering.kept if history_size else ():
                 args.extend(kept)
             calls.append((redis_scripts.NUMBER, keys, args))
@@ -389,10 +405,10 @@ class RedisTransport:
         for number, numbering in enumerate(numberings, 1):
             topic = numbering.topic
             index[topic] = number
-            keys += (_fence_key(topic), _sequence_key(topic), _history_key(topic), _history_epoch_key(topic))
+            keys += _numbering_keys(topic)
             kept = numbering.kept if history_size else ()
             expiry = int(history_ttl * 1000) if numbering.renew and history_size else 0
-            args += (numbering.first, numbering.last, expiry, len(kept))
+            args += (numbering.first, numbering.last, expiry, numbering.last_origin, len(kept))
             for each in kept:
                 args.extend(each)
         streams: dict[str, int] = {}

@@ -21,18 +21,28 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
-# KEYS: fence, seq, history, history epoch. ARGV: generation, first new number (0: none), last number,
-# history size, expiry in ms (0: not renewed now), then (seq, origin, message) per kept message.
+# A topic's numbers, unless its fence or a used number refuses them. Numbers already stored by this
+# same numbering (the last number and its origin stored by this generation: an attempt whose reply
+# was lost) are answered 'ok' and not stored again, so a retry never numbers a message twice.
+# KEYS: fence, seq, history, history epoch, last numbered ("generation origin"). ARGV: generation, first new number (0: none),
+# last number, history size, expiry in ms (0: not renewed now), the last new message's origin, then
+# (seq, origin, message) per kept message.
 NUMBER = Script("""
 local generation = tonumber(ARGV[1])
 local fence = redis.call('GET', KEYS[1])
 if fence and tonumber(fence) > generation then return {'fenced', fence} end
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 local first = tonumber(ARGV[2])
-if first > 0 and first <= current then return {'taken', tostring(current)} end
+if first > 0 and first <= current then
+  if current == tonumber(ARGV[3]) and redis.call('GET', KEYS[5]) == ARGV[1] .. ' ' .. ARGV[6] then
+    return {'ok', '0'}
+  end
+  return {'taken', tostring(current)}
+end
 if not fence or tonumber(fence) < generation then redis.call('SET', KEYS[1], ARGV[1]) end
 if tonumber(ARGV[3]) > current then redis.call('SET', KEYS[2], ARGV[3]) end
-for i = 6, #ARGV, 3 do
+if first > 0 then redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[6]) end
+for i = 7, #ARGV, 3 do
   redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], '*', 's', ARGV[i], 'o', ARGV[i + 1], 'd', ARGV[i + 2])
 end
 if tonumber(ARGV[5]) > 0 then
@@ -44,9 +54,10 @@ return {'ok', '0'}
 
 # A whole batch on one Redis, in one call: NUMBER for each topic, then the appends (those of refused
 # topics left out), then ADVANCE_CURSOR if no topic was refused.
-# KEYS: inbox holder, cursor, then fence, seq, history, history epoch per topic, then the streams.
-# ARGV: generation, cursor, topic count, history size, stream bound (MAXLEN ~); per topic: first new
-# number, last number, expiry in ms, kept count, then (seq, origin, message) per kept message; then the
+# KEYS: inbox holder, cursor, then fence, seq, history, history epoch, last numbered per topic, then the
+# streams. ARGV: generation, cursor, topic count, history size, stream bound (MAXLEN ~); per topic:
+# first new number, last number, expiry in ms, last new origin, kept count, then (seq, origin, message)
+# per kept message; then the
 # append count, and per append: its topic's index (0: none), its stream's index in KEYS, its data.
 # Returns {cursor moved (1, 0, or -1: not tried), verdict, value, verdict, value, ...}.
 COMMIT = Script("""
@@ -54,19 +65,25 @@ local generation = tonumber(ARGV[1])
 local topics = tonumber(ARGV[3])
 local stored, out, refused, a = {}, {0}, false, 6
 for t = 1, topics do
-  local k = 2 + (t - 1) * 4
-  local first, last, expiry, kept = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  local from = a + 4
-  a = from + 3 * kept
+  local k = 2 + (t - 1) * 5
+  local first, last, expiry, origin = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local from = a + 5
+  a = from + 3 * tonumber(ARGV[a + 4])
   local fence = redis.call('GET', KEYS[k + 1])
   local current = tonumber(redis.call('GET', KEYS[k + 2]) or '0')
   if fence and tonumber(fence) > generation then
     out[#out + 1], out[#out + 2], refused = 'fenced', fence, true
   elseif first > 0 and first <= current then
-    out[#out + 1], out[#out + 2], refused = 'taken', tostring(current), true
+    if current == tonumber(last) and redis.call('GET', KEYS[k + 5]) == ARGV[1] .. ' ' .. origin then
+      stored[t] = true
+      out[#out + 1], out[#out + 2] = 'ok', '0'
+    else
+      out[#out + 1], out[#out + 2], refused = 'taken', tostring(current), true
+    end
   else
     if not fence or tonumber(fence) < generation then redis.call('SET', KEYS[k + 1], ARGV[1]) end
     if tonumber(last) > current then redis.call('SET', KEYS[k + 2], last) end
+    if first > 0 then redis.call('SET', KEYS[k + 5], ARGV[1] .. ' ' .. origin) end
     for i = from, a - 1, 3 do
       redis.call('XADD', KEYS[k + 3], 'MAXLEN', ARGV[4], '*', 's', ARGV[i], 'o', ARGV[i + 1], 'd', ARGV[i + 2])
     end
