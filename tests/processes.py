@@ -193,14 +193,18 @@ class RedisClusterServer:
     def _wait_until_served(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            alive = next(member for member in self.servers if member.process.poll() is None)
-            info = subprocess.run(
-                ["redis-cli", "-p", str(alive.port), "cluster", "info"], capture_output=True, text=True
-            ).stdout
-            if "cluster_state:ok" in info and "cluster_slots_ok:16384" in info:
+            # Every member, not one: a member that has not yet seen the others answers CLUSTERDOWN.
+            alive = [member for member in self.servers if member.process.poll() is None]
+            infos = [
+                subprocess.run(
+                    ["redis-cli", "-p", str(m.port), "cluster", "info"], capture_output=True, text=True
+                ).stdout
+                for m in alive
+            ]
+            if all("cluster_state:ok" in info and "cluster_slots_ok:16384" in info for info in infos):
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"the Redis Cluster did not serve every slot within {START_TIMEOUT}s:\n{info}")
+        raise RuntimeError(f"the Redis Cluster did not serve every slot within {START_TIMEOUT}s:\n{infos}")
 
     @property
     def url(self) -> str:
