@@ -57,7 +57,42 @@ def cluster_members(url: str) -> tuple[list[tuple[str, int]], dict]:
     return members, options
 
 
-class BoundedRedisCluster(AsyncRedisCluster):
+class _WriteErrorsAsConnectionErrors:
+    """redis-py 8.1 lets a transport's own error escape when a connection is closed under a write
+    (``'NoneType' object has no attribute 'writelines'``, redis/redis-py#4287): no RedisError, so it
+    bypasses the client's retries and DPS's handling of an unreachable Redis, and it killed a topic
+    server's liveness task once. It is a lost connection: raised as one."""
+
+    async def send_packed_command(self, command, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except (AttributeError, TypeError) as exc:
+            await self.disconnect(nowait=True)
+            raise redis.ConnectionError(f"the connection closed under a write ({exc})") from exc
+
+
+class Connection(_WriteErrorsAsConnectionErrors, aioredis.Connection):
+    pass
+
+
+class SSLConnection(_WriteErrorsAsConnectionErrors, aioredis.SSLConnection):
+    pass
+
+
+class _RedisCluster(AsyncRedisCluster):
+    """A cluster client whose connections are the Connection above (redis-py's cluster client takes
+    no connection class: it goes in the shared node options, as redis-py itself adds options)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        tls = self.nodes_manager.connection_kwargs.get("connection_class") is aioredis.SSLConnection
+        connection_class = SSLConnection if tls else Connection
+        self.nodes_manager.connection_kwargs["connection_class"] = connection_class
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = connection_class
+
+
+class BoundedRedisCluster(_RedisCluster):
     """A cluster client whose commands wait for one of ``limit`` slots.
 
     redis-py's cluster client raises ``MaxConnectionsError`` when a member's connections are all
@@ -80,6 +115,9 @@ def async_client(url: str, *, max_connections: int, wait: float | None = None, *
     """An asyncio client for url. With wait, a command finding every connection busy waits (up to
     wait seconds on one Redis) instead of failing."""
     if not is_cluster(url):
+        scheme = urlsplit(url).scheme
+        if scheme in ("redis", "rediss"):
+            options["connection_class"] = SSLConnection if scheme == "rediss" else Connection
         if wait is None:
             return aioredis.Redis.from_url(url, max_connections=max_connections, **options)
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=wait, **options)
@@ -87,7 +125,7 @@ def async_client(url: str, *, max_connections: int, wait: float | None = None, *
     members, connection = cluster_members(url)
     startup = [AsyncClusterNode(host, port) for host, port in members]
     if wait is None:
-        return AsyncRedisCluster(startup_nodes=startup, max_connections=max_connections, **connection, **options)
+        return _RedisCluster(startup_nodes=startup, max_connections=max_connections, **connection, **options)
     # Pipelines run beside the bounded commands, one connection per member each: room for them.
     return BoundedRedisCluster(
         startup_nodes=startup,
