@@ -31,6 +31,8 @@ Stream of a websocket node (``dps:node:{name}``):
                                   a node that reads this is alive, and re-announces them
     ["pstate", topic, state]      topic's whole presence, for a node that (re)subscribed; presence
                                   changes come as "msg" entries (a dps.presence message), in order
+    ["tip", topic, seq]           topic's last number when its owner took this node's "sub": a node
+                                  behind it (taken for dead while frozen) fills the gap from history
 
 The message itself is encoded once by the publisher; the owner only wraps it.
 """
@@ -77,6 +79,7 @@ NODE_OPS = {
     "owner": (str, str, int),
     "dropped": (str,),
     "pstate": (str, dict),
+    "tip": (str, int),
 }
 
 

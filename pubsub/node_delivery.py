@@ -106,6 +106,9 @@ class NodeDelivery:
         elif op == "pstate":
             _, topic, state = fields
             self._on_presence_state(topic, state)
+        elif op == "tip":
+            _, topic, seq = fields
+            await self._catch_up(topic, seq)
         elif op == "dropped":
             _, server = fields
             self.stats["dropped_by_owner"] += 1

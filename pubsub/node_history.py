@@ -46,6 +46,16 @@ class NodeHistory:
         self.stats["gaps_filled"] += 1
         logger.info("node %s: filled the gap %d..%d in %s from its history", self.node, last + 1, seq - 1, topic)
 
+    async def _catch_up(self, topic: str, tip: int) -> None:
+        """The owner numbered up to tip when it took this node's sub. A node behind it was taken for
+        dead (frozen, cut off) while messages were numbered: fill them in now, since no later message
+        may come to show the gap. Not filled (history off or gone): the next message counts the gap.
+        With no message seen yet there is no position to be behind (what came before the sub came
+        before its members joined, or is still on its way from the previous owner)."""
+        last = self._last_seq.get(topic)
+        if last is not None and tip > last and topic in self._groups:
+            await self._fill_gap(topic, last, tip + 1)
+
     def _unrecoverable_gap(self, topic: str) -> None:
         for channel in self._groups.get(topic, ()):
             handler = self._gap_handlers.get(channel)

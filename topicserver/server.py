@@ -236,7 +236,8 @@ class TopicServer(Fencing, RingGenerations, InboxTakeover, HistoryKeeping, Liven
                 logger.warning("topic server %s skipped entry %s: %s", self.name, entry_id, exc)
         if membership_first:
             decoded.sort(key=lambda item: _backlog_rank(item[2], stored.get(item[0], 0)))
-        unknown = {f[1] for _, _, f in decoded if f[0] in ("pub", "fwd") and f[1] not in self.sequences}
+        # A sub's topic too: the node is told the topic's last number (its "tip") behind the sub.
+        unknown = {f[1] for _, _, f in decoded if f[0] in ("pub", "fwd", "sub") and f[1] not in self.sequences}
         unknown = [topic for topic in unknown if self.owner(topic) == self.name]
         if unknown:  # (not yet numbered topics are cached as 0, so they are asked for once)
             loaded = await self.transport.load_sequences(unknown)
@@ -249,12 +250,14 @@ class TopicServer(Fencing, RingGenerations, InboxTakeover, HistoryKeeping, Liven
                 self.handle(data, fields, stored.get(entry_id, 0), outgoing, pending)
             except Exception:
                 logger.exception("topic server %s failed on entry %s; carrying on", self.name, entry_id)
-        # Whole presences go out after the batch, so re-announcements in it are all included.
-        states = [
-            (node_stream(node), entries.pack("pstate", topic, self.presence.state(topic)))
-            for topic, node in self._state_wanted
-            if node in self.topics.get(topic, ())
-        ]
+        # Whole presences go out after the batch, so re-announcements in it are all included; and the
+        # topic's last number before the batch: a node that was taken for dead (frozen past its TTL)
+        # missed what was numbered meanwhile, and with no later message it would never see the gap.
+        states = []
+        for topic, node in self._state_wanted:
+            if node in self.topics.get(topic, ()):
+                states.append((node_stream(node), entries.pack("pstate", topic, self.presence.state(topic))))
+                states.append((node_stream(node), entries.pack("tip", topic, self.sequences.get(topic, 0))))
         self._state_wanted.clear()
         await self._commit(pending, outgoing, states, batch[-1][0])
         if self.history_size:  # topics nobody holds are numbered too (for their history): bounded
