@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pubsub import protocol
-from pubsub.publishing import BROADCAST_TYPE
+from pubsub.core import protocol
+from pubsub.core.messages import BROADCAST_TYPE
 
 TOPIC = "room:presence-bench"
 

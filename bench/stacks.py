@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from pubsub.transport.redis import REGISTRY_KEYS
+from pubsub.transport.redis_keys import REGISTRY_KEYS
 from tests.processes import (
     HOST,
     ROOT,

@@ -8,10 +8,10 @@ from django.http import JsonResponse
 from django.template.response import TemplateResponse
 
 from pubsub.conf import setting
-from pubsub.ownership import SORT_KEYS, build_report, collect, rebalance_preview, sort_topics
-from pubsub.protocol import valid_topic
-from pubsub.ring import HashRing
-from pubsub.tokens import DEVELOPMENT_KEY_WARNING
+from pubsub.core.protocol import valid_topic
+from pubsub.core.ring import HashRing
+from pubsub.http.ownership import SORT_KEYS, build_report, collect, rebalance_preview, sort_topics
+from pubsub.socket.tokens import DEVELOPMENT_KEY_WARNING
 
 __all__ = ["ownership_view"]
 

@@ -16,13 +16,13 @@ from channels.layers import get_channel_layer
 from channels.routing import ProtocolTypeRouter, URLRouter
 from django.urls import path, re_path
 
-from pubsub.authorization import load_authorizer
-from pubsub.channel_routes import ChannelRoutes
 from pubsub.conf import allowed_origins, setting
-from pubsub.consumers import PhoenixSocket, RejectingSocket
-from pubsub.origins import BrowserOriginValidator
-from pubsub.socket_auth import SessionUser, SocketAuth
-from pubsub.tokens import warn_if_development_key
+from pubsub.socket.auth import SessionUser, SocketAuth
+from pubsub.socket.authorization import load_authorizer
+from pubsub.socket.channel_routes import ChannelRoutes
+from pubsub.socket.consumer import PhoenixSocket, RejectingSocket
+from pubsub.socket.origins import BrowserOriginValidator
+from pubsub.socket.tokens import warn_if_development_key
 
 __all__ = ["dps_application", "websocket_application", "phoenix_socket"]
 

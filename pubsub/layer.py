@@ -9,10 +9,11 @@ Channel names carry their node (``dps.ws-a!3f9c…``), so send() to a channel of
 another node is one append to that node's stream. Delivered messages are shared
 between the local receivers of one group_send: treat them as read-only.
 
-This module is the Channels contract and the node's membership state; the rest
-of a node's work lives beside it, one concept a module: ``node_delivery``
-(reading the node's stream), ``ring_following`` (owners and ring generations),
-``node_liveness`` (heartbeat and snapshot) and ``draining``.
+This module is the Channels contract and the node's membership state; the machinery it
+drives lives in pubsub/node/, one concept a module: ``sending`` (to owners and other nodes),
+``lifecycle`` (event loops, transport, background tasks), ``delivery`` (reading the node's
+stream), ``history`` (gap fill), ``presence`` (the replica), ``ring_following`` (owners and ring
+generations), ``liveness`` (heartbeat and snapshot), ``draining`` and ``control``.
 """
 
 from __future__ import annotations
@@ -21,29 +22,28 @@ import asyncio
 import logging
 import re
 import secrets
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from channels.layers import BaseChannelLayer
 
-from pubsub import entries
-from pubsub.control import CONTROL_GROUP, NodeControl
-from pubsub.draining import Draining
+from pubsub.core import entries
+from pubsub.core.heartbeat import HeartbeatThread
+from pubsub.core.protocol import valid_topic
+from pubsub.core.ring import HashRing
+from pubsub.core.tasks import stop_tasks
 from pubsub.exceptions import ChannelFull, ConfigurationError, TransportError
-from pubsub.heartbeat import HeartbeatThread
-from pubsub.mailbox import Mailbox
-from pubsub.node_delivery import NodeDelivery
-from pubsub.node_history import NodeHistory
-from pubsub.node_liveness import NodeLiveness
-from pubsub.node_presence import NodePresence
-from pubsub.protocol import valid_topic
-from pubsub.ring import HashRing
-from pubsub.ring_following import RingFollowing
-from pubsub.tasks import raise_if_cancelling, stop_tasks
-from pubsub.transport.base import Transport, inbox_stream, node_stream
-from pubsub.transport.memory import MemoryTransport
+from pubsub.node.control import NodeControl
+from pubsub.node.delivery import NodeDelivery
+from pubsub.node.draining import Draining
+from pubsub.node.history import NodeHistory
+from pubsub.node.lifecycle import Lifecycle
+from pubsub.node.liveness import NodeLiveness
+from pubsub.node.mailbox import Mailbox
+from pubsub.node.presence import NodePresence
+from pubsub.node.ring_following import RingFollowing
+from pubsub.node.sending import Sending
+from pubsub.transport.base import Transport, node_stream
 
 __all__ = ["TopicRingLayer", "NODE_NAME_PATTERN"]
 
@@ -53,7 +53,16 @@ NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class TopicRingLayer(
-    NodeDelivery, NodePresence, NodeHistory, RingFollowing, NodeLiveness, Draining, NodeControl, BaseChannelLayer
+    Sending,
+    Lifecycle,
+    NodeDelivery,
+    NodePresence,
+    NodeHistory,
+    RingFollowing,
+    NodeLiveness,
+    Draining,
+    NodeControl,
+    BaseChannelLayer,
 ):
     """A drop-in Channels layer (extensions: groups, flush) backed by topic servers on a hash ring.
 
@@ -223,13 +232,6 @@ class TopicRingLayer(
             raise TypeError("An idempotency key must be a non-empty string.")
         await self._publish(group, message, f"key:{group}:{key}")
 
-    async def _publish(self, group: str, message: dict, origin: str) -> None:
-        self.require_valid_group_name(group)
-        self._check_message(message)
-        entry = entries.pack("pub", group, entries.pack_message(message), origin)
-        await self._append_from_anywhere(None, entry, group)
-        self.stats["group_sends"] += 1
-
     # Flush extension
 
     async def flush(self) -> None:
@@ -250,6 +252,23 @@ class TopicRingLayer(
         self._reset()
 
     # Extensions of DPS
+
+    def _embedded_topic_servers(self) -> list:
+        """Embedded (no Redis): one in-process topic server per ring member, the same code as a cluster's."""
+        from topicserver.server import TopicServer
+
+        return [
+            TopicServer(
+                name,
+                self.transport,
+                members=self.ring.members,
+                liveness_ttl=self.liveness_ttl,
+                presence_window=self.presence_window,
+                history_size=self.history_size,
+                history_ttl=self.history_ttl,
+            )
+            for name in self.ring.members
+        ]
 
     async def start(self) -> None:
         """Start the background tasks now rather than on first use (idempotent)."""
@@ -295,17 +314,6 @@ class TopicRingLayer(
 
     # Internals
 
-    async def _group_change_elsewhere(self, op: str, group: str, channel: str) -> bool:
-        """Validate; a channel of another node is passed to that node (True), which applies the change."""
-        self.require_valid_group_name(group)
-        self.require_valid_channel_name(channel)
-        await self._ensure_started()
-        node = self.node_of(channel)
-        if node is None or node == self.node:
-            return False
-        await self._append(node_stream(node), entries.pack(op, group, channel))
-        return True
-
     def _check_message(self, message: dict) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise TypeError("A channel layer message must be a dict with a string 'type'.")
@@ -315,233 +323,3 @@ class TopicRingLayer(
         if mailbox is None:
             mailbox = self._mailboxes[channel] = Mailbox(self.get_capacity(channel))
         return mailbox
-
-    async def _append(self, stream: str, data: bytes) -> None:
-        await self.transport.append(stream, data)
-
-    async def _append_from_anywhere(self, stream: str | None, data: bytes, group: str | None = None) -> None:
-        """Append for send() and group_send() from any code: a node's own event loop, or a sync
-        view, a management command, a script (``async_to_sync``, ``asyncio.run``).
-
-        Only the node's own loop starts (or uses) the node's background work. Elsewhere (a fresh
-        loop, a process that is no websocket node) this is one append on a connection opened for
-        it, to the group's owner by the ring in force: no reader or heartbeat is started that
-        would outlive the caller's loop, and a node running elsewhere in the process keeps its
-        channels and groups. ``stream`` None means the group's owner's inbox.
-        """
-        home = self._loop
-        if home is not None and home.is_running() and home is not asyncio.get_running_loop():
-            # The node runs on another thread's loop (sync code's async_to_sync in a thread of
-            # its own): append there, through the node, rather than start a second node here.
-            await asyncio.wrap_future(
-                asyncio.run_coroutine_threadsafe(self._append_from_anywhere(stream, data, group), home)
-            )
-            return
-        if self.embedded or self._running_here():
-            await self._ensure_started()
-            await self._append(stream or inbox_stream(self.ring.owner(group)), data)
-            return
-        transport, ring = await self._publisher_here(need_ring=stream is None)
-        await transport.append(stream or inbox_stream(ring.owner(group)), data)
-
-    async def _publisher_here(self, need_ring: bool = True) -> tuple[Transport, HashRing]:
-        """This loop's connection for a process (or loop) that is no node, and the ring in force."""
-        loop = asyncio.get_running_loop()
-        if self._publisher is None or self._publisher[0] is not loop:
-            # One connection per event loop, kept while it is used: a process that only publishes
-            # (a worker on a long-lived loop) must not pay a connect per message.
-            self._publisher = (loop, self._given_transport or self._make_transport(), 0.0, self.static_ring)
-        _, transport, ring_read_at, ring = self._publisher
-        if need_ring and self.live_ring and time.monotonic() - ring_read_at > self.ring_poll:
-            _, members = await transport.ring_state()
-            ring = HashRing(members) if members else self.static_ring
-            self._publisher = (loop, transport, time.monotonic(), ring)
-        return transport, ring
-
-    async def ask_owner(self, topic: str, request: str, *args, timeout: float = 5.0) -> Any:
-        """Ask topic's owner (``request`` is an inbox op taking (topic, reply key, *args)); its decoded
-        answer. From any code, like group_send: through the node where it runs, else on this loop's connection."""
-        home = self._loop
-        if home is not None and home.is_running() and home is not asyncio.get_running_loop():
-            return await asyncio.wrap_future(
-                asyncio.run_coroutine_threadsafe(self.ask_owner(topic, request, *args, timeout=timeout), home)
-            )
-        if self.embedded or self._running_here():
-            await self._ensure_started()
-            transport, ring = self.transport, self.ring
-        else:
-            transport, ring = await self._publisher_here()
-        key = f"dps:reply:{self._origin_prefix}{secrets.token_hex(8)}"
-        await transport.append(inbox_stream(ring.owner(topic)), entries.pack(request, topic, key, *args))
-        answer = await transport.take_reply(key, timeout)
-        if answer is None:
-            raise TransportError(f"the owner of {topic} did not answer within {timeout:.0f}s")
-        return entries.unpack_message(answer)
-
-    def _announce(self, op: str, group: str, data: bytes | None = None) -> asyncio.Future:
-        """Send sub/unsub (or data: a presence change) for group to its owner, in the order they
-        were decided for that group.
-
-        Returns the announcement's future (its outcome is shared by every member waiting on it)."""
-        previous = self._announcements.get(group)
-        data = data or entries.pack(op, group, self.node)
-        done = asyncio.ensure_future(self._send_announcement(data, group, previous))
-        self._announcements[group] = done
-
-        def forget(_):
-            if self._announcements.get(group) is done:
-                del self._announcements[group]
-            if not done.cancelled():
-                done.exception()  # retrieved: its waiters may all have been cancelled
-
-        done.add_done_callback(forget)
-        return done
-
-    async def _send_announcement(self, data: bytes, group: str, previous: asyncio.Future | None) -> None:
-        if previous is not None:
-            try:
-                await asyncio.shield(previous)
-            except TransportError:
-                pass  # its own callers were told; this announcement still goes out, in order
-        await self._append(inbox_stream(self.ring.owner(group)), data)
-
-    async def _leave_local(self, group: str, channel: str) -> None:
-        members = self._groups.get(group)
-        if members is None or channel not in members:
-            return
-        members.discard(channel)
-        if not members:
-            del self._groups[group]
-            self._last_seq.pop(group, None)
-            self._owner_generations.pop(group, None)
-            self._forget_replica(group)
-            await asyncio.shield(self._announce("unsub", group))
-
-    def _running_here(self) -> bool:
-        """Started, on the running event loop."""
-        return self._started is not None and self._started.done() and self._loop is asyncio.get_running_loop()
-
-    async def _ensure_started(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            if self._loop is not None and self._loop.is_running():
-                raise RuntimeError(
-                    f"node {self.node} runs on another event loop; from another thread, only send() to "
-                    "other nodes' channels and group_send() are supported (they append through it)"
-                )
-            if self._loop is not None:
-                self._leave_dead_loop()
-            self._loop = loop
-            self._started = loop.create_future()
-            try:
-                await self._start()
-            except BaseException as exc:
-                self._started.set_exception(exc)
-                self._loop = None
-                raise
-            self._started.set_result(None)
-        elif not self._started.done():
-            await asyncio.shield(self._started)
-
-    def _leave_dead_loop(self) -> None:
-        """The node's event loop has ended (an ``asyncio.run`` or ``async_to_sync`` call returned).
-        Its tasks, futures, sockets and connections died with it; the node did not: its channels,
-        groups and queued messages stay, and it resumes on the next loop where its reader stopped."""
-        if self._heartbeat is not None:
-            self._heartbeat.abandon()  # its thread ends by itself now that the loop is closed
-            self._heartbeat = None
-        self._tasks = []
-        self._announcements = {}
-        self._fastlanes.clear()
-        self._closers.clear()
-        self._gap_handlers.clear()
-        for mailbox in self._mailboxes.values():
-            mailbox.waiters.clear()
-        for topic, ready in list(self._replica_ready.items()):  # an Event once waited on belongs to its loop
-            self._replica_ready[topic] = asyncio.Event()
-            if ready.is_set():
-                self._replica_ready[topic].set()
-        self._publisher = None
-        if self.embedded:
-            self.transport.forget_waiters()  # the streams and their topic servers' state live on
-        elif self._given_transport is None:
-            self.transport = None  # its connections belonged to the dead loop
-        self._started = None
-        self._loop = None
-
-    async def _start(self) -> None:
-        resuming = self._node_cursor is not None
-        self.started_at = time.time()
-        self.transport = self.transport or self._given_transport or self._make_transport()
-        servers_ready = []
-        if self.embedded:
-            from topicserver.server import TopicServer
-
-            if not self.topic_servers:
-                self.topic_servers = [
-                    TopicServer(
-                        name,
-                        self.transport,
-                        members=self.ring.members,
-                        liveness_ttl=self.liveness_ttl,
-                        presence_window=self.presence_window,
-                        history_size=self.history_size,
-                        history_ttl=self.history_ttl,
-                    )
-                    for name in self.ring.members
-                ]
-            for server in self.topic_servers:
-                servers_ready.append(asyncio.Event())
-                self._spawn(server.run(servers_ready[-1]), f"dps-topic-server-{server.name}")
-            if not resuming:
-                await asyncio.gather(*(ready.wait() for ready in servers_ready))
-        self.epoch = await self.transport.epoch()
-        if self.live_ring:
-            await self._follow_ring()
-        after = self._node_cursor or await self.transport.last_id(node_stream(self.node))
-        self._node_cursor = after
-        self._spawn(self._read_node_stream(after), f"dps-node-reader-{self.node}")
-        # A resumed embedded server waits for this node's answer to its barrier: the reader runs now.
-        await asyncio.gather(*(ready.wait() for ready in servers_ready))
-        await self.transport.heartbeat("node", self.node)
-        self._start_heartbeat()
-        if resuming:
-            # Owners may have taken this node for dead while no loop ran it: announce every group again.
-            await self._tell_owners("sub", [group for group in self._groups if group != CONTROL_GROUP])
-        else:
-            # A node of this name may have died holding memberships: owners forget them first.
-            hello = entries.pack("hello", self.node)
-            await self.transport.append_many([(inbox_stream(server), hello) for server in self.ring.members])
-        await self._join_control()
-        self._spawn(self._keep_alive(), f"dps-keep-alive-{self.node}")
-        if self.drain_on_sigterm:
-            self._drain_on_sigterm()
-        self._spawn(self._sweep_idle_channels(), f"dps-channel-sweeper-{self.node}")
-        if not self.embedded:
-            self._spawn(self._watch_ring(), f"dps-ring-{self.node}")
-
-    def _make_transport(self) -> Transport:
-        if self.redis_url is None:
-            return MemoryTransport(maxlen=self.stream_maxlen)
-        from pubsub.transport.redis import redis_transport
-
-        return redis_transport(self.redis_url, maxlen=self.stream_maxlen, wait=self.redis_wait)
-
-    def _spawn(self, coroutine, name: str) -> None:
-        self._tasks.append(asyncio.get_running_loop().create_task(coroutine, name=name))
-
-    async def _sweep_idle_channels(self) -> None:
-        """Forget channels nobody has received on for `expiry` seconds, and their groups."""
-        while True:
-            raise_if_cancelling()
-            await asyncio.sleep(self.expiry)
-            now = time.monotonic()
-            for channel, mailbox in list(self._mailboxes.items()):
-                if mailbox.waiters:
-                    continue
-                if mailbox.idle_since is None:
-                    mailbox.idle_since = now
-                elif now - mailbox.idle_since >= self.expiry:
-                    del self._mailboxes[channel]
-                    for group in [g for g, members in self._groups.items() if channel in members]:
-                        await self._leave_local(group, channel)

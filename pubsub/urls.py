@@ -7,8 +7,8 @@ from django.contrib import admin
 from django.urls import path
 
 from pubsub.admin import ownership_view
-from pubsub.api import broadcast_view, presence_stats_view, presence_view, publish_view
-from pubsub.metrics import metrics_view
+from pubsub.http.api import broadcast_view, presence_stats_view, presence_view, publish_view
+from pubsub.http.metrics import metrics_view
 
 urlpatterns = [
     path("admin/ownership/", admin.site.admin_view(ownership_view), name="dps-ownership"),

@@ -1,6 +1,6 @@
 """Hooks the socket-auth tests point DPS_JOIN_AUTHORIZER and DPS_SOCKET_AUTH at."""
 
-from pubsub.socket_auth import Refused
+from pubsub.socket.auth import Refused
 
 
 def own_rooms_only(scope, topic, params):

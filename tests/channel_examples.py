@@ -1,6 +1,6 @@
 """Channel classes the tests route topics to (in-process and in daphne subprocesses)."""
 
-from pubsub.channels import Channel, PublishChannel, Reply, Stop
+from pubsub.socket.channels import Channel, PublishChannel, Reply, Stop
 
 ended: list[tuple[str, str]] = []  # (topic, reason) of every channel that ended in this process
 

@@ -13,8 +13,8 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from prometheus_client.parser import text_string_to_metric_families
 
-from pubsub.consumers import PhoenixSocket
-from pubsub.ring import HashRing
+from pubsub.core.ring import HashRing
+from pubsub.socket.consumer import PhoenixSocket
 from tests.conftest import Cluster
 from tests.processes import free_port
 
@@ -207,7 +207,7 @@ async def test_the_page_warns_while_the_development_key_is_in_use(staff_client, 
 
 
 async def test_presence_counts_show_per_topic(cluster_layer, staff_client):
-    from pubsub import tokens
+    from pubsub.socket import tokens
 
     cluster = cluster_layer
     sockets = []

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from pubsub.ring import HashRing
+from pubsub.core.ring import HashRing
 from tests.browsers import needs_chromium
 from tests.conftest import Cluster
 from tests.processes import prepare_database

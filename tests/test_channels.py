@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import websockets
 
-from pubsub.channel_routes import ChannelRoutes
-from pubsub.channels import Channel, PublishChannel
-from pubsub.consumers import PhoenixSocket
 from pubsub.exceptions import ConfigurationError
-from pubsub.socket_auth import SocketAuth
+from pubsub.socket.auth import SocketAuth
+from pubsub.socket.channel_routes import ChannelRoutes
+from pubsub.socket.channels import Channel, PublishChannel
+from pubsub.socket.consumer import PhoenixSocket
 from tests import channel_examples, phoenix_js
 from tests.channel_examples import ROUTES, RoomChannel
 from tests.test_consumers import Client

@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from tests.processes import HOST, ROOT, dps_env, free_port
 from tests.test_commands import CLUSTER_START_TIMEOUT, RunCluster, run
 from tests.test_daphne import seed_session
-from topicserver.chaos import (
+from topicserver.localcluster.chaos import (
     DOWN_TTLS,
     FREEZE,
     FREEZE_TTLS,

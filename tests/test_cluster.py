@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import websockets
 
-from pubsub.ring import HashRing
+from pubsub.core.ring import HashRing
 from tests import phoenix_js
 from tests.test_daphne import seed_session
 

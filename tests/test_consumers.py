@@ -6,7 +6,7 @@ import pytest
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
-from pubsub.consumers import PhoenixSocket
+from pubsub.socket.consumer import PhoenixSocket
 
 TIMEOUT = 3
 

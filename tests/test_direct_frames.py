@@ -1,4 +1,4 @@
-"""Broadcast frames that the fastlane writes to daphne's sockets itself (pubsub/fastlane.py, frame_writer).
+"""Broadcast frames that the fastlane writes to daphne's sockets itself (pubsub/socket/fastlane.py, frame_writer).
 
 A real daphne node and real websocket clients: every frame length the websocket
 header encodes three ways (7-bit, 16-bit, 64-bit), frames the kernel takes only in

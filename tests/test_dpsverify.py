@@ -17,10 +17,10 @@ import time
 import pytest
 from django.core.management import CommandError, call_command
 
-from pubsub import entries
+from pubsub.core import entries
 from pubsub.transport.base import node_stream
 from pubsub.verification.plan import MAX_TOPICS_PER_SOCKET, make_plan, socket_url
-from pubsub.verification.workload import _numbers
+from pubsub.verification.sockets import _numbers
 from tests.conftest import Cluster
 from tests.processes import ROOT, dps_env, free_port
 

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
+from pubsub.core.ring import HashRing
+from pubsub.http.ownership import collect
 from pubsub.layer import TopicRingLayer
-from pubsub.ownership import collect
-from pubsub.ring import HashRing
 from tests.conftest import REDIS_KINDS
 from tests.workload import TOPICS, TTL, assert_exactly_once, running_workload, wait_for_ring
 

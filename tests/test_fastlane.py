@@ -2,7 +2,7 @@
 
 import asyncio
 
-from pubsub.fastlane import send_nowait
+from pubsub.socket.fastlane import send_nowait
 
 
 async def test_a_send_that_never_suspends_completes_at_once():

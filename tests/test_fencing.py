@@ -6,10 +6,10 @@ colliding with its successor's.
 
 import pytest
 
-from pubsub import entries
+from pubsub.core import entries
 from pubsub.transport.base import FENCED, OK, TAKEN, Numbering
+from pubsub.transport.factory import redis_transport
 from pubsub.transport.memory import MemoryTransport
-from pubsub.transport.redis import redis_transport
 from tests.processes import RedisClusterServer, RedisServer
 
 TOPIC = "room:fenced"

@@ -4,12 +4,13 @@ import asyncio
 
 import pytest
 
-from pubsub import entries
+from pubsub.core import entries
 from pubsub.exceptions import ChannelFull, TransportError
 from pubsub.layer import TopicRingLayer
 from pubsub.transport.base import inbox_stream, node_stream
+from pubsub.transport.factory import redis_transport
 from pubsub.transport.memory import MemoryTransport
-from pubsub.transport.redis import RedisTransport, redis_transport
+from pubsub.transport.redis import RedisTransport
 from tests.processes import RedisClusterServer, RedisServer
 from topicserver.server import TopicServer
 

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from pubsub.mailbox import Mailbox
+from pubsub.node.mailbox import Mailbox
 
 
 async def test_put_get_in_order_and_bounded():

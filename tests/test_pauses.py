@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from pubsub.ring import HashRing
+from pubsub.core.ring import HashRing
 from tests.conftest import REDIS_KINDS
 from tests.workload import TOPICS, TTL, assert_exactly_once, running_workload, wait_for_ring
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from pubsub.channel_routes import ChannelRoutes
-from pubsub.consumers import PhoenixSocket
-from pubsub.socket_auth import SocketAuth
+from pubsub.socket.auth import SocketAuth
+from pubsub.socket.channel_routes import ChannelRoutes
+from pubsub.socket.consumer import PhoenixSocket
 from tests.presence_view import PresenceView
 
 TIMEOUT = 5

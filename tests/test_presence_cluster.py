@@ -167,7 +167,7 @@ async def _nobody_left(people, settle: float):
 
 
 async def test_an_owners_kill_9_makes_nobody_leave(cluster, people):
-    from pubsub.ring import HashRing
+    from pubsub.core.ring import HashRing
 
     owner = HashRing(["ts-1", "ts-2"]).owner(TOPIC)
     survivor = "ts-1" if owner == "ts-2" else "ts-2"
@@ -245,7 +245,7 @@ async def test_presence_from_the_http_api_and_from_another_process(cluster, peop
 
 
 async def test_a_server_joining_moves_presence_without_a_leave_or_a_join(cluster, people):
-    from pubsub.ring import HashRing
+    from pubsub.core.ring import HashRing
 
     before, after = HashRing(["ts-1", "ts-2"]), HashRing(["ts-1", "ts-2", "ts-3"])
     topic = next(f"room:moving-{i}" for i in range(1000) if after.owner(f"room:moving-{i}") == "ts-3")

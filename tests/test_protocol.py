@@ -2,7 +2,7 @@
 
 import pytest
 
-from pubsub import protocol
+from pubsub.core import protocol
 from pubsub.exceptions import ProtocolError
 
 

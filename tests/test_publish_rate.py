@@ -13,8 +13,8 @@ import types
 import pytest
 import websockets
 
-from pubsub import inbound
-from pubsub.throttle import TokenBucket
+from pubsub.socket import inbound
+from pubsub.socket.throttle import TokenBucket
 from tests.conftest import Cluster
 
 RATE, BURST = 50, 30  # the limit the node enforces

@@ -15,8 +15,9 @@ import pytest
 import websockets
 
 import pubsub
+import pubsub.http.publishing
+from pubsub.core.messages import BROADCAST_TYPE
 from pubsub.layer import TopicRingLayer
-from pubsub.publishing import BROADCAST_TYPE
 from tests.conftest import Cluster
 from tests.processes import ROOT, dps_env
 
@@ -56,7 +57,9 @@ async def test_sync_publish_from_another_thread_goes_through_the_running_node():
         channel = await layer.new_channel()
         await layer.group_add(TOPIC, channel)
         for n in range(3):
-            await asyncio.to_thread(pubsub.publishing.async_to_sync(layer.group_send), TOPIC, {"type": "m", "n": n})
+            await asyncio.to_thread(
+                pubsub.http.publishing.async_to_sync(layer.group_send), TOPIC, {"type": "m", "n": n}
+            )
         assert [(await _next_broadcast(layer, channel))["n"] for _ in range(3)] == [0, 1, 2]
         assert layer.local_members(TOPIC) == 1
     finally:
@@ -83,6 +86,7 @@ PUBLISHER = """
 import asyncio, sys, django
 django.setup()
 import pubsub
+import pubsub.http.publishing
 from channels.layers import get_channel_layer
 from asgiref.sync import async_to_sync
 pubsub.publish("news:1", "headline", {"n": int(sys.argv[1])})  # a management command or a script

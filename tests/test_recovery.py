@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from pubsub import entries
-from pubsub.consumers import PhoenixSocket
+from pubsub.core import entries
 from pubsub.layer import TopicRingLayer
+from pubsub.socket.consumer import PhoenixSocket
 from pubsub.transport.memory import MemoryTransport
 from topicserver.server import TopicServer
 
@@ -213,7 +213,7 @@ async def test_a_topic_s_first_messages_lost_on_their_way_are_a_gap_for_a_join_a
     to reach it is number 3, 1 and 2 were lost on the way, and it errors so its client rejoins."""
     from channels.layers import get_channel_layer
 
-    from pubsub.publishing import broadcast_message
+    from pubsub.core.messages import broadcast_message
     from pubsub.transport.base import node_stream
 
     client = await connect()

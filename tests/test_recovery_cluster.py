@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from pubsub.ring import HashRing
+from pubsub.core.ring import HashRing
 from tests import phoenix_js
 from tests.conftest import REDIS_KINDS, Cluster
 from tests.test_failover import wait_for_ring

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pubsub.core.ring import VIRTUAL_NODES, HashRing, key_hash
 from pubsub.exceptions import ConfigurationError
-from pubsub.ring import VIRTUAL_NODES, HashRing, key_hash
 
 TWO = HashRing(["ts-1", "ts-2"])
 THREE = HashRing(["ts-1", "ts-2", "ts-3"])

@@ -9,8 +9,8 @@ import sys
 import pytest
 import websockets
 
-from pubsub import tokens
 from pubsub.exceptions import InvalidToken
+from pubsub.socket import tokens
 from tests import phoenix_js
 from tests.processes import ROOT, dps_env
 

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from pubsub.tasks import stop_tasks
+from pubsub.core.tasks import stop_tasks
 
 
 async def test_a_loop_that_swallows_one_cancellation_is_still_stopped():

@@ -29,7 +29,7 @@ The rules, checked by Redis itself (pubsub/transport/redis_scripts.py), never by
   a failover) makes the owner propose a ring past it, so a stale fence never blocks service.
 
 Nodes keep the newest generation per topic too and drop fan-out from an older one
-(pubsub/node_delivery.py).
+(pubsub/node/delivery.py).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from pubsub import entries
+from pubsub.core import entries
+from pubsub.core.ring import HashRing
 from pubsub.exceptions import TransportError
-from pubsub.ring import HashRing
 from pubsub.transport.base import OK, TAKEN, Numbering, inbox_stream, node_stream
 
 __all__ = ["Fencing", "Pending"]

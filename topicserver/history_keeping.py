@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from pubsub import entries
+from pubsub.core import entries
 from pubsub.exceptions import TransportError
 
 __all__ = ["HistoryKeeping", "IDLE_SEQUENCES"]

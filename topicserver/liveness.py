@@ -13,11 +13,11 @@ import time
 
 import orjson
 
-from pubsub import entries
-from pubsub.control import CONTROL_GROUP
+from pubsub.core import entries
+from pubsub.core.messages import CONTROL_GROUP
+from pubsub.core.rates import RateMeter
+from pubsub.core.tasks import raise_if_cancelling
 from pubsub.exceptions import TransportError
-from pubsub.rates import RateMeter
-from pubsub.tasks import raise_if_cancelling
 from pubsub.transport.base import node_stream
 
 __all__ = ["Liveness"]

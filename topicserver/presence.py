@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
+from pubsub.core.messages import PRESENCE_TYPE
+
 __all__ = ["PresenceTable", "Diff", "PRESENCE_TYPE"]
 
-PRESENCE_TYPE = "dps.presence"
 
 Metas = dict[str, dict[str, dict]]  # key -> phx_ref -> meta
 

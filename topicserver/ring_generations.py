@@ -18,10 +18,10 @@ import logging
 import secrets
 import time
 
-from pubsub import entries
+from pubsub.core import entries
+from pubsub.core.ring import HashRing
+from pubsub.core.tasks import raise_if_cancelling
 from pubsub.exceptions import TransportError
-from pubsub.ring import HashRing
-from pubsub.tasks import raise_if_cancelling
 from pubsub.transport.base import node_stream
 
 __all__ = ["RingGenerations"]

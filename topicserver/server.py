@@ -28,11 +28,11 @@ import logging
 import time
 from collections import Counter, OrderedDict
 
-from pubsub import entries
+from pubsub.core import entries
+from pubsub.core.heartbeat import HeartbeatThread, start_heartbeat, stop_heartbeat
+from pubsub.core.ring import HashRing
+from pubsub.core.tasks import raise_if_cancelling, stop_tasks
 from pubsub.exceptions import TransportError
-from pubsub.heartbeat import HeartbeatThread, start_heartbeat, stop_heartbeat
-from pubsub.ring import HashRing
-from pubsub.tasks import raise_if_cancelling, stop_tasks
 from pubsub.transport.base import Transport, id_order, inbox_stream, node_stream
 from topicserver.fencing import Fencing, Pending
 from topicserver.history_keeping import HistoryKeeping
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 _RETRY_DELAY = 0.5
 _REPLY_TTL = 30.0  # seconds an answer nobody took is kept
 _REMEMBERED_ORIGINS = 100_000
-IDEMPOTENCY_PREFIX = "key:"  # a publish origin that is a caller's idempotency key (pubsub/api.py)
+IDEMPOTENCY_PREFIX = "key:"  # a publish origin that is a caller's idempotency key (pubsub/http/api.py)
 IDEMPOTENCY_WINDOW = 300.0  # seconds a topic's owner remembers such a key
 _MEMBERSHIP_OPS = ("sub", "unsub", "track", "untrack", "plist", "hist")
 

@@ -14,8 +14,8 @@ import asyncio
 import logging
 import time
 
-from pubsub import entries
-from pubsub.tasks import raise_if_cancelling
+from pubsub.core import entries
+from pubsub.core.tasks import raise_if_cancelling
 from pubsub.transport.base import FIRST_ID, id_order, inbox_stream
 
 __all__ = ["InboxTakeover"]

@@ -14,8 +14,11 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 __all__ = [
+    "CONNECT_TIMEOUT",
+    "REDIS_ERRORS",
     "CLUSTER_SCHEMES",
     "is_cluster",
     "cluster_members",
@@ -26,6 +29,10 @@ __all__ = [
 ]
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+CONNECT_TIMEOUT = 5.0
+# What a Redis command may raise: a cluster client's own errors (no slot served) are not RedisErrors.
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 def is_cluster(url: str) -> bool:

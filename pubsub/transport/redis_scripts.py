@@ -147,3 +147,13 @@ if holder and tonumber(holder) > tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
 return 1
 """)
+
+# The ring's compare-and-set: a proposal for generation ARGV[1] wins only if that is still the
+# current one; the next generation goes past ARGV[3] too (a fence newer than any known ring).
+PROPOSE_RING = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
+if current ~= tonumber(ARGV[1]) then return -1 end
+local next = math.max(current, tonumber(ARGV[3])) + 1
+redis.call('HSET', KEYS[1], 'generation', next, 'members', ARGV[2])
+return next
+"""

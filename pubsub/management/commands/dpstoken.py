@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from pubsub import tokens
+from pubsub.socket import tokens
 
 
 class Command(BaseCommand):

@@ -9,11 +9,11 @@ from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import start_http_server
 
 from pubsub.conf import check_redis_url
+from pubsub.core.tasks import stop_tasks
 from pubsub.exceptions import ConfigurationError, TransportError
-from pubsub.metrics import topic_server_registry
-from pubsub.tasks import stop_tasks
-from pubsub.tokens import warn_if_development_key
-from pubsub.transport.redis import redis_transport
+from pubsub.http.metrics import topic_server_registry
+from pubsub.socket.tokens import warn_if_development_key
+from pubsub.transport.factory import redis_transport
 from pubsub.transport.redis_clients import connection_problem
 from topicserver.server import TopicServer
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from pubsub.ring import HashRing
+from pubsub.core.ring import HashRing
 
 __all__ = ["collect", "build_report", "Report", "TopicRow", "ProcessRow", "rebalance_preview", "SORT_KEYS"]
 
@@ -76,7 +76,7 @@ async def collect(layer) -> tuple[dict[str, dict], dict[str, dict], tuple[int, l
     """The unexpired snapshots (topic servers, nodes) of the cluster the layer belongs to, and the
     live ring (generation, members)."""
     if layer.redis_url is not None:
-        from pubsub.transport.redis import redis_transport
+        from pubsub.transport.factory import redis_transport
 
         transport = redis_transport(layer.redis_url)  # a reader only: this process does not join as a node
         try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from pubsub import entries
+from pubsub.core import entries
 
 __all__ = ["Position", "recover_param", "decide", "frame_with_ref", "after_for", "RECOVER_FORMAT"]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pubsub import entries
+from pubsub.core import entries
+from pubsub.core.ring import HashRing
+from pubsub.core.tasks import raise_if_cancelling
 from pubsub.exceptions import TransportError
-from pubsub.ring import HashRing
-from pubsub.tasks import raise_if_cancelling
 from pubsub.transport.base import inbox_stream
 
 __all__ = ["RingFollowing"]

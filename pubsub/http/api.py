@@ -18,10 +18,11 @@ from channels.layers import get_channel_layer
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from pubsub import presence, protocol
 from pubsub.conf import setting
+from pubsub.core import protocol
+from pubsub.core.messages import broadcast_message
 from pubsub.exceptions import TransportError
-from pubsub.publishing import broadcast_message
+from pubsub.http import presence
 
 __all__ = ["publish_view", "broadcast_view", "presence_view", "presence_stats_view"]
 

@@ -8,7 +8,7 @@ kept to the rate send the whole backlog at once: Redis frozen for 8 s cost a cli
 50/s 201 of its 950 publishes as "rate limited".
 
 So each frame carries the time daphne queued it (``ARRIVED``), which the limit judges
-(pubsub/throttle.py). While the node does not read the socket at all, frames wait in the
+(pubsub/socket/throttle.py). While the node does not read the socket at all, frames wait in the
 kernel with no time on them, and are given the benefit of the doubt: ``SINCE``, the
 earliest they may have come, is when the node stopped reading, for frames read within as
 long again after it resumed (a second at least, after a pause of one socket). The node

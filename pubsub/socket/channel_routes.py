@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 from django.utils.module_loading import import_string
 
-from pubsub.channels import Channel
 from pubsub.exceptions import ConfigurationError
+from pubsub.socket.channels import Channel
 
 __all__ = ["ChannelRoutes", "DEFAULT_ROUTES"]
 

@@ -7,7 +7,7 @@ arriving at ``now`` is admitted when ``now >= due - (burst - 1) / rate``, and th
 ``rate`` tokens a second holding ``burst``, exactly, whatever the arrival times.
 
 The arrival time is the client's, not the consumer's: the consumer may reach a frame seconds
-after it came (pubsub/inbound.py), and judging it then counts the node's backlog against the
+after it came (pubsub/socket/inbound.py), and judging it then counts the node's backlog against the
 client. When the node could not tell exactly when a frame came (it was not reading: its event
 loop stalled, or this socket's reads were paused), the frame may have come any time from
 ``since`` on. It is admitted if it conforms at ``now`` (the latest it can have come), and it

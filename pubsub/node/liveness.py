@@ -1,4 +1,4 @@
-"""A node's liveness: its heartbeat (from a thread, see pubsub/heartbeat.py) and its snapshot.
+"""A node's liveness: its heartbeat (from a thread, see pubsub/core/heartbeat.py) and its snapshot.
 
 A mixin of ``TopicRingLayer`` (pubsub/layer.py). Owners forget a node whose
 heartbeat expired; the snapshot is what the admin page shows of the node.
@@ -12,11 +12,11 @@ import time
 
 import orjson
 
-from pubsub.control import CONTROL_GROUP
+from pubsub.core.heartbeat import heartbeat_interval, start_heartbeat, stop_heartbeat
+from pubsub.core.messages import CONTROL_GROUP
+from pubsub.core.rates import RateMeter
+from pubsub.core.tasks import raise_if_cancelling
 from pubsub.exceptions import TransportError
-from pubsub.heartbeat import heartbeat_interval, start_heartbeat, stop_heartbeat
-from pubsub.rates import RateMeter
-from pubsub.tasks import raise_if_cancelling
 
 __all__ = ["NodeLiveness"]
 

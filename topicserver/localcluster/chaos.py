@@ -4,7 +4,7 @@ what quiet gap.
 A pure function of the seed, the process names and the liveness TTL (the faults are sized in TTLs, so
 a freeze always outlives the heartbeat and a small TTL makes a short run): the same inputs give the
 same faults, and a run with a longer ``--chaos-duration`` begins with the same faults as a shorter
-one. Applying it to processes is ``topicserver/chaos_runner.py``'s job.
+one. Applying it to processes is ``topicserver/localcluster/chaos_runner.py``'s job.
 
 Each round of three faults is one freeze, one kill and one restart in a shuffled order, so a short
 run sees every kind; the target of each is drawn (topic servers most often, then nodes, then Redis).

@@ -3,7 +3,7 @@ telling recovering sockets when it cannot (they rejoin, and recover or learn the
 
 Each topic's owner keeps its last messages (topicserver/server.py, DPS_HISTORY_SIZE and
 DPS_HISTORY_TTL) under an epoch that changes whenever the history was lost. A socket that joins
-with ``recover`` gets every broadcast with the ref ``"<epoch>:<seq>"`` (pubsub/recovery.py).
+with ``recover`` gets every broadcast with the ref ``"<epoch>:<seq>"`` (pubsub/socket/recovery.py).
 """
 
 from __future__ import annotations

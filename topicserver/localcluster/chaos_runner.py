@@ -1,4 +1,4 @@
-"""Applies a chaos schedule (``topicserver/chaos.py``) to the processes runcluster started.
+"""Applies a chaos schedule (``topicserver/localcluster/chaos.py``) to the processes runcluster started.
 
 One fault at a time: print its ``chaos:`` line, do it (SIGSTOP ... SIGCONT; SIGKILL, wait, start again;
 SIGTERM, wait for the exit, start again), then wait until the cluster has recovered (every process
@@ -17,8 +17,8 @@ from typing import Protocol
 import orjson
 import redis
 
-from pubsub.transport.redis import _GENERATION_ACKS_KEY, _RING_KEY, REGISTRY_KEYS
 from pubsub.transport.redis_clients import sync_client
+from pubsub.transport.redis_keys import GENERATION_ACKS_KEY, REGISTRY_KEYS, RING_KEY
 
 from .chaos import FREEZE, KILL, Fault
 
@@ -63,12 +63,12 @@ class RecoveryProbe:
                     if (client.zscore(REGISTRY_KEYS[kind], name) or 0) < since:
                         lacking.append(f"a heartbeat of {name}")
             if self.live_ring:
-                generation, members = client.hmget(_RING_KEY, "generation", "members")
+                generation, members = client.hmget(RING_KEY, "generation", "members")
                 self.generation = int(generation or 0)
                 if sorted(orjson.loads(members) if members else []) != sorted(self.topic_servers):
                     lacking.append(f"a ring of {','.join(self.topic_servers)}")
                 else:
-                    acks = {k.decode(): int(v) for k, v in client.hgetall(_GENERATION_ACKS_KEY).items()}
+                    acks = {k.decode(): int(v) for k, v in client.hgetall(GENERATION_ACKS_KEY).items()}
                     late = [name for name in self.topic_servers if acks.get(name) != self.generation]
                     if late:
                         lacking.append(f"{','.join(late)} adopting ring generation {self.generation}")

@@ -12,11 +12,10 @@ from __future__ import annotations
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from pubsub import protocol
+from pubsub.core import protocol
+from pubsub.core.messages import BROADCAST_TYPE, broadcast_message
 
 __all__ = ["apublish", "publish", "broadcast", "broadcast_message", "BROADCAST_TYPE"]
-
-BROADCAST_TYPE = "phx.broadcast"
 
 
 async def broadcast(topic: str, event: str, payload: dict, layer=None) -> None:
@@ -25,11 +24,6 @@ async def broadcast(topic: str, event: str, payload: dict, layer=None) -> None:
     The frame is encoded here, once; receivers only prefix their join_ref.
     """
     await (layer or get_channel_layer()).group_send(topic, broadcast_message(topic, event, payload))
-
-
-def broadcast_message(topic: str, event: str, payload: dict) -> dict:
-    """The layer message of a broadcast: the frame encoded once, less each receiver's join_ref."""
-    return {"type": BROADCAST_TYPE, "topic": topic, "tail": protocol.encode_broadcast_tail(topic, event, payload)}
 
 
 async def apublish(topic: str, event: str, payload: dict) -> None:

@@ -13,11 +13,12 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from pubsub.core.messages import CONTROL_GROUP
+
 __all__ = ["NodeControl", "adisconnect", "disconnect", "CONTROL_GROUP"]
 
 logger = logging.getLogger("pubsub.layer")
 
-CONTROL_GROUP = "dps:control"
 DISCONNECT = "dps.disconnect"
 
 

@@ -13,7 +13,7 @@ from django.http import HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from pubsub.control import CONTROL_GROUP
+from pubsub.core.messages import CONTROL_GROUP
 
 __all__ = ["node_registry", "topic_server_registry", "metrics_view"]
 

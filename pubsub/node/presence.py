@@ -16,9 +16,9 @@ import logging
 import os
 import time
 
-from pubsub import entries, protocol
+from pubsub.core import entries, protocol
+from pubsub.core.messages import broadcast_message
 from pubsub.exceptions import TransportError
-from pubsub.publishing import broadcast_message
 from pubsub.transport.base import inbox_stream
 
 __all__ = ["NodePresence", "new_ref"]

@@ -17,7 +17,7 @@ reading its stream one entry at a time) that was about half of a node's CPU.
 Anything else (bytes already queued in Twisted, a closing socket, TLS,
 compression, a frame autobahn would fragment) takes daphne's own path, so the
 order of a socket's frames and Twisted's buffer (the slow-reader meter,
-pubsub/backpressure.py) stay as they were.
+pubsub/socket/backpressure.py) stay as they were.
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-__all__ = ["send_nowait", "frame_writer"]
+try:  # daphne's websocket protocol raises this for a send on a connection that just closed
+    from autobahn.exception import Disconnected
+except ImportError:  # pragma: no cover - another ASGI server
+
+    class Disconnected(Exception):
+        pass
+
+
+__all__ = ["Disconnected", "send_nowait", "frame_writer"]
 
 _OPEN = 3  # autobahn's WebSocketProtocol.STATE_OPEN
 _EWOULDBLOCK = (BlockingIOError, InterruptedError)

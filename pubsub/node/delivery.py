@@ -16,12 +16,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from pubsub import entries
+from pubsub.core import entries
+from pubsub.core.messages import BROADCAST_TYPE, PRESENCE_TYPE
+from pubsub.core.tasks import raise_if_cancelling
 from pubsub.exceptions import TransportError
-from pubsub.publishing import BROADCAST_TYPE
-from pubsub.tasks import raise_if_cancelling
 from pubsub.transport.base import node_stream
-from topicserver.presence import PRESENCE_TYPE
 
 __all__ = ["NodeDelivery"]
 
