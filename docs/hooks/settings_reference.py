@@ -1,6 +1,7 @@
 """MkDocs hook: renders the settings tables of pubsub/conf.py into the configuration page.
 
-The page (docs/configuration.md) holds the marker below; this hook replaces it with three tables:
+The page (docs/configuration.md) holds the markers below; this hook replaces them, and what lies
+between, with three tables:
 DPS's own Django settings, the environment variables of dps_site, and the channel layer's options
 (their defaults read from ``TopicRingLayer.__init__``'s signature). Nothing in the page is written
 by hand that the code also says.
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 MARKER = "<!-- settings-reference -->"
+END_MARKER = "<!-- /settings-reference -->"  # what lies between (a note for plain Markdown readers) is replaced
 PAGE = "configuration.md"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,9 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def on_page_markdown(markdown, page, config, files):
     if page.file.src_uri != PAGE:
         return markdown
-    if MARKER not in markdown:
-        raise ValueError(f"{PAGE} lost its marker {MARKER}")
-    return markdown.replace(MARKER, render())
+    start, end = markdown.find(MARKER), markdown.find(END_MARKER)
+    if start < 0 or end < start:
+        raise ValueError(f"{PAGE} lost its markers {MARKER} ... {END_MARKER}")
+    return markdown[:start] + render() + markdown[end + len(END_MARKER) :]
 
 
 def _setup_django():
