@@ -4,7 +4,7 @@
 starts, default settings: a 5 s liveness TTL) freezes, kills and restarts its processes and Redis one
 at a time, while ``manage.py dpsverify`` joins 100 subscribers on 20 topics over both nodes and
 publishes 50/s for as long as the faults are planned and 20 s more; afterwards dpsverify reports what was lost,
-duplicated or reordered. Both are shelled out to exactly as the README tells users to run them.
+duplicated or reordered. Both are shelled out to exactly as docs/failover.md tells users to run them.
 Prints the chaos lines as they happen, then dpsverify's table and its last line.
 """
 

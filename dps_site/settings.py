@@ -1,26 +1,16 @@
-"""Django settings for DPS. Every DPS_* environment variable is read here, and only here."""
+"""Django settings for DPS. Every DPS_* environment variable is read here, and only here.
+
+Their defaults, types and meanings are the table in pubsub/conf.py (SETTINGS).
+"""
 
 import os
 from pathlib import Path
 
-from pubsub.conf import DEFAULTS, check_redis_url
+from pubsub.conf import DEFAULTS, DEVELOPMENT_SECRET_KEY, check_redis_url, default
 from pubsub.exceptions import ConfigurationError
 from pubsub.transport.redis_clients import is_cluster
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-# The layer's defaults are here; the socket's are DPS's own (pubsub/conf.py, README "Configuration").
-DEFAULT_NODE = "ws-1"
-DEFAULT_TOPIC_SERVERS = "ts-1"
-DEFAULT_CHANNEL_CAPACITY = 1000
-DEFAULT_STREAM_MAXLEN = 100_000
-DEFAULT_LIVENESS_TTL = 5.0
-DEFAULT_PRESENCE_WINDOW = 0.1  # seconds a topic's presence changes are gathered into one diff
-DEFAULT_HISTORY_SIZE = 100  # messages kept per topic for recovery (0: none)
-DEFAULT_HISTORY_TTL = 300.0  # seconds a topic's history lives after its last message
-DEFAULT_RING = "live"
-DEFAULT_REDIS_WAIT_REPLICAS = 0  # replicas that must have an append before it is acknowledged (WAIT)
-DEFAULT_REDIS_WAIT_TIMEOUT = 1.0  # seconds WAIT waits for them
 
 
 def _env_number(name, default, kind=int):
@@ -50,13 +40,13 @@ def _env_routes(name, default):
     return routes
 
 
-DPS_NODE = os.environ.get("DPS_NODE", DEFAULT_NODE)
-DPS_TOPIC_SERVERS = _env_list("DPS_TOPIC_SERVERS", DEFAULT_TOPIC_SERVERS)
+DPS_NODE = os.environ.get("DPS_NODE", default("DPS_NODE"))
+DPS_TOPIC_SERVERS = _env_list("DPS_TOPIC_SERVERS", default("DPS_TOPIC_SERVERS"))
 DPS_REDIS_URL = os.environ.get("DPS_REDIS_URL") or None
 if DPS_REDIS_URL is not None:
     check_redis_url(DPS_REDIS_URL)
-DPS_REDIS_WAIT_REPLICAS = _env_number("DPS_REDIS_WAIT_REPLICAS", DEFAULT_REDIS_WAIT_REPLICAS)
-DPS_REDIS_WAIT_TIMEOUT = _env_number("DPS_REDIS_WAIT_TIMEOUT", DEFAULT_REDIS_WAIT_TIMEOUT, float)
+DPS_REDIS_WAIT_REPLICAS = _env_number("DPS_REDIS_WAIT_REPLICAS", default("DPS_REDIS_WAIT_REPLICAS"))
+DPS_REDIS_WAIT_TIMEOUT = _env_number("DPS_REDIS_WAIT_TIMEOUT", default("DPS_REDIS_WAIT_TIMEOUT"), float)
 if DPS_REDIS_WAIT_REPLICAS and DPS_REDIS_URL and is_cluster(DPS_REDIS_URL):
     raise ConfigurationError(
         f"DPS_REDIS_WAIT_REPLICAS={DPS_REDIS_WAIT_REPLICAS} needs one Redis with replicas (redis://); "
@@ -65,13 +55,13 @@ if DPS_REDIS_WAIT_REPLICAS and DPS_REDIS_URL and is_cluster(DPS_REDIS_URL):
 DPS_MAX_FRAME_BYTES = _env_number("DPS_MAX_FRAME_BYTES", DEFAULTS["DPS_MAX_FRAME_BYTES"])
 DPS_MAX_CHANNELS = _env_number("DPS_MAX_CHANNELS", DEFAULTS["DPS_MAX_CHANNELS"])
 DPS_IDLE_TIMEOUT = _env_number("DPS_IDLE_TIMEOUT", DEFAULTS["DPS_IDLE_TIMEOUT"], float)
-DPS_CHANNEL_CAPACITY = _env_number("DPS_CHANNEL_CAPACITY", DEFAULT_CHANNEL_CAPACITY)
-DPS_STREAM_MAXLEN = _env_number("DPS_STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN)
+DPS_CHANNEL_CAPACITY = _env_number("DPS_CHANNEL_CAPACITY", default("DPS_CHANNEL_CAPACITY"))
+DPS_STREAM_MAXLEN = _env_number("DPS_STREAM_MAXLEN", default("DPS_STREAM_MAXLEN"))
 DPS_JOIN_AUTHORIZER = os.environ.get("DPS_JOIN_AUTHORIZER") or DEFAULTS["DPS_JOIN_AUTHORIZER"]
-DPS_LIVENESS_TTL = _env_number("DPS_LIVENESS_TTL", DEFAULT_LIVENESS_TTL, float)
-DPS_PRESENCE_WINDOW = _env_number("DPS_PRESENCE_WINDOW", DEFAULT_PRESENCE_WINDOW, float)
-DPS_HISTORY_SIZE = _env_number("DPS_HISTORY_SIZE", DEFAULT_HISTORY_SIZE)
-DPS_HISTORY_TTL = _env_number("DPS_HISTORY_TTL", DEFAULT_HISTORY_TTL, float)
+DPS_LIVENESS_TTL = _env_number("DPS_LIVENESS_TTL", default("DPS_LIVENESS_TTL"), float)
+DPS_PRESENCE_WINDOW = _env_number("DPS_PRESENCE_WINDOW", default("DPS_PRESENCE_WINDOW"), float)
+DPS_HISTORY_SIZE = _env_number("DPS_HISTORY_SIZE", default("DPS_HISTORY_SIZE"))
+DPS_HISTORY_TTL = _env_number("DPS_HISTORY_TTL", default("DPS_HISTORY_TTL"), float)
 DPS_RECOVERY_LIMIT = _env_number("DPS_RECOVERY_LIMIT", DEFAULTS["DPS_RECOVERY_LIMIT"])
 DPS_MAX_CONNECTIONS = _env_number("DPS_MAX_CONNECTIONS", DEFAULTS["DPS_MAX_CONNECTIONS"])
 DPS_PUBLISH_RATE = _env_number("DPS_PUBLISH_RATE", DEFAULTS["DPS_PUBLISH_RATE"], float)
@@ -83,18 +73,17 @@ DPS_SOCKET_AUTH = os.environ.get("DPS_SOCKET_AUTH") or DEFAULTS["DPS_SOCKET_AUTH
 DPS_CHANNELS = _env_routes("DPS_CHANNELS", [("chat:*", "dps_chat.channels.ChatRoom"), *DEFAULTS["DPS_CHANNELS"]])
 LOGIN_URL = "chat:login"
 DPS_TOKEN_MAX_AGE = _env_number("DPS_TOKEN_MAX_AGE", DEFAULTS["DPS_TOKEN_MAX_AGE"], float)
-DPS_API_KEY = os.environ.get("DPS_API_KEY", "")  # unset: no HTTP API (/api/ is 404)
-DPS_RING = os.environ.get("DPS_RING") or DEFAULT_RING
+DPS_API_KEY = os.environ.get("DPS_API_KEY", DEFAULTS["DPS_API_KEY"])  # unset: no HTTP API (/api/ is 404)
+DPS_RING = os.environ.get("DPS_RING") or default("DPS_RING")
 if DPS_RING not in ("static", "live"):
     raise ConfigurationError(f"DPS_RING={DPS_RING!r}: use 'static' (DPS_TOPIC_SERVERS) or 'live' (registered servers).")
 DPS_LIVE_RING = DPS_RING == "live"
 
-DEVELOPMENT_SECRET_KEY = "dps-insecure-development-key-set-DPS_SECRET_KEY-in-production"
 SECRET_KEY = os.environ.get("DPS_SECRET_KEY") or DEVELOPMENT_SECRET_KEY
 # Tokens are only as secret as SECRET_KEY: every process says so at start while this one is in use.
 DPS_USING_DEVELOPMENT_KEY = SECRET_KEY == DEVELOPMENT_SECRET_KEY
-DEBUG = os.environ.get("DPS_DEBUG", "") == "1"
-ALLOWED_HOSTS = _env_list("DPS_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+DEBUG = os.environ.get("DPS_DEBUG", default("DPS_DEBUG")) == "1"
+ALLOWED_HOSTS = _env_list("DPS_ALLOWED_HOSTS", default("DPS_ALLOWED_HOSTS"))
 # Web pages that may open a socket: by default the site's own hosts, any port, http or https.
 DPS_ALLOWED_ORIGINS = _env_list("DPS_ALLOWED_ORIGINS", ",".join(ALLOWED_HOSTS))
 
@@ -178,10 +167,14 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "pubsub": {"handlers": ["console"], "level": os.environ.get("DPS_LOG_LEVEL", "INFO"), "propagate": False},
+        "pubsub": {
+            "handlers": ["console"],
+            "level": os.environ.get("DPS_LOG_LEVEL", default("DPS_LOG_LEVEL")),
+            "propagate": False,
+        },
         "topicserver": {
             "handlers": ["console"],
-            "level": os.environ.get("DPS_LOG_LEVEL", "INFO"),
+            "level": os.environ.get("DPS_LOG_LEVEL", default("DPS_LOG_LEVEL")),
             "propagate": False,
         },
     },

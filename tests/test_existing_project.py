@@ -1,6 +1,6 @@
-"""The README's "Add DPS to an existing Django project", done to a fresh ``startproject``.
+"""The docs page "In your own Django project" (docs/django-project.md), done to a fresh ``startproject``.
 
-The code blocks of that README section are applied as written (each names its file and whether
+The code blocks of that page's first section are applied as written (each names its file and whether
 it is appended or replaces the file), so the documented steps are the tested steps.
 """
 
@@ -21,14 +21,15 @@ from tests.test_daphne import seed_session
 
 pytestmark = pytest.mark.processes
 
-SECTION = "## Add DPS to an existing Django project"
+PAGE = ROOT / "docs" / "django-project.md"
+SECTION = "# In your own Django project"
 BLOCK = re.compile(r"```python\n# (?P<path>\S+)(?: \((?P<mode>append|replace)\))?\n(?P<code>.*?)```", re.S)
 
 
 def documented_files() -> list[tuple[str, str, str]]:
-    """(path, append|replace|new, code) for each Python block of the README section."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index(SECTION) :]
+    """(path, append|replace|new, code) for each Python block of the page's first section."""
+    page = PAGE.read_text()
+    section = page[page.index(SECTION) :]
     section = section[: section.index("\n## ", len(SECTION))]
     files = [(m["path"], m["mode"] or "new", m["code"]) for m in BLOCK.finditer(section)]
     assert {path for path, _, _ in files} >= {"mysite/settings.py", "mysite/asgi.py", "chat/channels.py"}, files

@@ -98,7 +98,7 @@ async def test_the_phoenix_client_recovers_what_it_missed(cluster, kill_owner):
                 await js.next("event")
         got = [e for e in js.events if e["event"] == "event"]
         if kill_owner:  # across a handoff the topic's one order may put a publish to the dead owner
-            # later than ones sent after it (docs/ARCHITECTURE.md, "Failover"): every message once
+            # later than ones sent after it (docs/architecture.md, "Failover"): every message once
             assert sorted(e["n"] for e in got) == list(range(28)), "every message once"
         else:
             assert [e["n"] for e in got] == list(range(28)), "every message once, in order"

@@ -115,7 +115,7 @@ async def test_kill_9_of_a_master_mid_stream(cluster_workload):
     refused with an error reply (the client knows). Accepted ones are delivered exactly once. What
     Redis' asynchronous replication can lose (a write the master acknowledged and had not yet sent to
     its replica) does not happen on loopback, where a replica is at most a moment behind; DPS does
-    not WAIT for replicas, and the README says so."""
+    not WAIT for replicas, and the docs say so (docs/clusters.md)."""
     workload, redis = cluster_workload, cluster_workload.cluster.redis
     await workload.publish(1)
     await workload.settle()

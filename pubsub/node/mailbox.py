@@ -3,7 +3,7 @@
 One small object per channel with its own waiters: a delivery wakes only the
 task receiving on that channel. (channels_redis makes every receive wait on one
 shared asyncio.Lock, whose acquire scans all waiters: O(n) per message per
-process, see docs/ARCHITECTURE.md "Pitfalls".)
+process, see docs/architecture.md "Pitfalls".)
 """
 
 from __future__ import annotations

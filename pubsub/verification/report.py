@@ -10,7 +10,7 @@ __all__ = ["COLUMNS", "lines", "summary"]
 
 SHOWN_IDS = 10
 
-# (heading, what the README says it means)
+# (heading, what docs/failover.md says it means)
 COLUMNS = [
     ("topic", "the topic"),
     ("subs", "its subscribers"),
