@@ -1,4 +1,4 @@
-"""The settings table in pubsub/conf.py names every DPS_* setting and layer option the code uses, and nothing else.
+"""The settings table in pubsub/settings_reference.py names every DPS_* setting and layer option the code uses, and nothing else.
 
 The configuration page of the docs is rendered from that table (docs/hooks/settings_reference.py),
 so a setting missing here is a setting missing from the docs.
@@ -21,11 +21,11 @@ NAME = re.compile(r"\bDPS_[A-Z0-9_]*[A-Z0-9]\b")
 
 def used_names() -> dict[str, list[str]]:
     """Every DPS_* name in the code, templates and messages of the scanned packages -> where it appears.
-    pubsub/conf.py is left out: it holds the table, so every entry would count as used."""
+    pubsub/settings_reference.py is left out: it holds the table, so every entry would count as used."""
     found: dict[str, list[str]] = {}
     for package in SCANNED:
         for path in sorted((ROOT / package).rglob("*")):
-            if not path.is_file() or "__pycache__" in path.parts or path == ROOT / "pubsub" / "conf.py":
+            if not path.is_file() or "__pycache__" in path.parts or path == ROOT / "pubsub" / "settings_reference.py":
                 continue
             try:
                 text = path.read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""MkDocs hook: renders the settings tables of pubsub/conf.py into the configuration page.
+"""MkDocs hook: renders the settings tables of pubsub/settings_reference.py into the configuration page.
 
 The page (docs/configuration.md) holds the markers below; this hook replaces them, and what lies
 between, with three tables:
