@@ -21,7 +21,7 @@ class TransportError(Exception):
 
 
 class ProtocolError(Exception):
-    """A client frame is not a valid Phoenix V2 frame.
+    """A client frame is not a valid Phoenix frame (of the socket's serializer, V2 or V1).
 
     When the frame still names a topic, the socket answers with an error reply
     (``join_ref``/``ref`` echoed as sent); otherwise it closes the connection.

@@ -269,7 +269,7 @@ async def test_invalid_topics_are_unmatched(connect, topic):
     ]
 
 
-@pytest.mark.parametrize("query", ["", "vsn=1.0.0", "vsn=3.0.0", "vsn=garbage"])
+@pytest.mark.parametrize("query", ["vsn=3.0.0", "vsn=2.1.0", "vsn=1.1.0", "vsn=2.0", "vsn=garbage"])
 async def test_other_serializer_versions_are_refused(query):
     communicator = WebsocketCommunicator(app(), f"/socket/websocket?{query}")
     connected, code = await communicator.connect(TIMEOUT)

@@ -115,12 +115,23 @@ async def test_too_many_channels(daphne_factory):
         assert json.loads(await ws.recv())[4] == {"status": "error", "response": {"reason": "too many channels joined"}}
 
 
-@pytest.mark.parametrize("query", ["vsn=1.0.0", "", "vsn=2.1.0"])
+@pytest.mark.parametrize("query", ["vsn=3.0.0", "vsn=2.1.0", "vsn=x"])
 async def test_other_vsn_is_refused_with_403(daphne_node, query):
     with pytest.raises(InvalidStatus) as refused:
         async with websockets.connect(daphne_node.url(query)):
             pass
     assert refused.value.response.status_code == 403
+
+
+@pytest.mark.parametrize("query", ["vsn=1.0.0", ""])
+async def test_a_v1_client_joins_publishes_and_receives(daphne_node, query):
+    """V1 (vsn 1.0.0, or no vsn, as Phoenix): frames are objects, and no outbound frame has a join_ref."""
+    async with websockets.connect(daphne_node.url(query)) as ws:
+        await ws.send('{"topic":"topics:matrix","event":"phx_join","payload":{},"ref":"1"}')
+        assert json.loads(await ws.recv())["payload"] == {"status": "ok", "response": {}}
+        await ws.send('{"topic":"topics:matrix","event":"publish","payload":["event",{"message":"hi"}],"ref":"2"}')
+        want = '{"topic":"topics:matrix","event":"event","payload":{"message":"hi"},"ref":null}'
+        await recv_until(ws, lambda f: f == want)
 
 
 async def test_other_paths_are_refused(daphne_node):

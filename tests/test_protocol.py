@@ -74,13 +74,13 @@ def test_encode_push():
 def test_broadcast_is_encoded_once_and_prefixed_per_receiver():
     tail = protocol.encode_broadcast_tail("topics:matrix", "event", {"message": "red pill or blue pill?"})
     seed = '["1",null,"topics:matrix","event",{"message":"red pill or blue pill?"}]'
-    assert protocol.frame_from_tail('"1"', tail) == seed
-    assert protocol.frame_from_tail("null", tail) == seed.replace('"1"', "null", 1)
+    assert protocol.broadcast_frame('"1"', {"tail": tail}) == seed
+    assert protocol.broadcast_frame("null", {"tail": tail}) == seed.replace('"1"', "null", 1)
 
 
 def test_non_ascii_is_sent_as_utf8_text():
     tail = protocol.encode_broadcast_tail("t", "e", {"m": "héllo ✓"})
-    assert protocol.frame_from_tail("null", tail) == '[null,null,"t","e",{"m":"héllo ✓"}]'
+    assert protocol.broadcast_frame("null", {"tail": tail}) == '[null,null,"t","e",{"m":"héllo ✓"}]'
 
 
 @pytest.mark.parametrize(

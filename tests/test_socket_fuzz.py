@@ -70,9 +70,10 @@ def _random_frame(rng: random.Random):
 
 
 async def _one_socket(node, rng: random.Random, stats: dict) -> None:
-    path = rng.choices(["good", "nope", "vsn"], weights=[85, 10, 5])[0]
+    path = rng.choices(["good", "nope", "vsn", "v1"], weights=[80, 10, 5, 5])[0]
     user = f"vsn=2.0.0&user=u{rng.randrange(20)}" if rng.random() < 0.5 else "vsn=2.0.0"
-    url = {"good": node.url(user), "nope": f"ws://127.0.0.1:{node.port}/nope", "vsn": node.url("vsn=1.0.0")}[path]
+    urls = {"good": node.url(user), "nope": f"ws://127.0.0.1:{node.port}/nope", "vsn": node.url("vsn=9.0.0")}
+    url = urls.get(path) or node.url(f"vsn=1.0.0&user=u{rng.randrange(20)}")  # V1: V2 frames close it
     try:
         ws = await websockets.connect(url, open_timeout=30, max_size=None, ping_interval=None)
     except websockets.InvalidStatus:

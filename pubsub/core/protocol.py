@@ -1,8 +1,12 @@
-"""Phoenix Channels V2 JSON frames: parse, validate and encode. No I/O.
+"""Phoenix Channels V2 JSON frames (vsn 2.0.0): parse, validate and encode. No I/O.
 
 A frame is the JSON array ``[join_ref, ref, topic, event, payload]``. Replies and
 pushes are always encoded with compact separators, so the bytes a client sees are
 stable (the seed's example is compared byte for byte).
+
+A socket speaks one serializer, this module or ``protocol_v1`` (vsn 1.0.0): both offer
+``parse``, ``encode_reply``, ``encode_frame``, ``encode_push``, ``broadcast_frame``,
+``broadcast_frame_with_ref`` and ``presence_state_frame``, so the socket holds the module.
 """
 
 from __future__ import annotations
@@ -20,12 +24,17 @@ __all__ = [
     "encode_json",
     "encode_reply",
     "encode_push",
+    "encode_frame",
     "encode_broadcast_tail",
-    "frame_from_tail",
+    "broadcast_frame",
+    "broadcast_frame_with_ref",
+    "presence_state_frame",
+    "VSN",
     "valid_topic",
     "MAX_TOPIC_LENGTH",
 ]
 
+VSN = "2.0.0"
 PHOENIX_TOPIC = "phoenix"
 MAX_TOPIC_LENGTH = 255
 
@@ -82,6 +91,11 @@ def encode_reply(join_ref: Any, ref: Any, topic: str, status: str, response: dic
     return encode_json([join_ref, ref, topic, "phx_reply", {"status": status, "response": response or {}}])
 
 
+def encode_frame(join_ref: Any, ref: Any, topic: str, event: str, payload: dict | None = None) -> str:
+    """``[join_ref, ref, topic, event, payload]``."""
+    return encode_json([join_ref, ref, topic, event, payload or {}])
+
+
 def encode_push(join_ref: str | None, topic: str, event: str, payload: dict | None = None) -> str:
     """A server push to one channel: ``[join_ref, null, topic, event, payload]``."""
     return encode_json([join_ref, None, topic, event, payload or {}])
@@ -91,11 +105,22 @@ def encode_broadcast_tail(topic: str, event: str, payload: dict) -> str:
     """Everything of a broadcast frame after its join_ref: ``,null,topic,event,payload]``.
 
     A broadcast is encoded once; each receiver only prefixes ``[`` and its own
-    encoded join_ref (see frame_from_tail), so no subscriber costs a JSON encode.
+    encoded join_ref (see broadcast_frame), so no subscriber costs a JSON encode.
     """
     return "," + encode_json([None, topic, event, payload])[1:]
 
 
-def frame_from_tail(encoded_join_ref: str, tail: str) -> str:
-    """Complete a broadcast for one receiver; encoded_join_ref is its JSON (``"1"`` or ``null``)."""
-    return "[" + encoded_join_ref + tail
+def broadcast_frame(encoded_join_ref: str, message: dict) -> str:
+    """A broadcast layer message (its pre-encoded ``tail``) as one join's frame."""
+    return "[" + encoded_join_ref + message["tail"]
+
+
+def broadcast_frame_with_ref(encoded_join_ref: str, epoch: str, seq: int, message: dict) -> str:
+    """A broadcast for a recovering join: its ref is ``"<epoch>:<seq>"`` where the tail has null
+    (a string with a colon is never a number the client could confuse with its own refs)."""
+    return "[" + encoded_join_ref + ',"' + epoch + ":" + str(seq) + '"' + message["tail"][5:]
+
+
+def presence_state_frame(join_ref: str | None, topic: str, state_json: str) -> str:
+    """``[join_ref, null, topic, "presence_state", state]`` around a state encoded once per change."""
+    return encode_json([join_ref, None, topic, "presence_state"])[:-1] + "," + state_json + "]"

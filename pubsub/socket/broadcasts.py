@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pubsub.core import protocol
 from pubsub.core.messages import BROADCAST_TYPE
 from pubsub.socket.channels import Channel
 from pubsub.socket.fastlane import Disconnected
-from pubsub.socket.recovery import frame_with_ref
 
 logger = logging.getLogger("pubsub.socket.consumer")
 
@@ -56,13 +54,13 @@ class Broadcasts:
         if not join.recovering:
             if message.get("except") == self.channel_name:  # broadcast_from skips its sender
                 return None
-            return protocol.frame_from_tail(join.encoded_ref, message["tail"])
+            return self.wire.broadcast_frame(join.encoded_ref, message)
         if join.held is not None:
             join.held.append(message)
             return None
         seq = message.get("seq")
         if not seq:  # not numbered (a presence change)
-            return protocol.frame_from_tail(join.encoded_ref, message["tail"])
+            return self.wire.broadcast_frame(join.encoded_ref, message)
         if seq <= join.last_seq or join.lost:
             return None
         if join.seq_known and seq != join.last_seq + 1:
@@ -71,7 +69,7 @@ class Broadcasts:
         join.last_seq, join.seq_known = seq, True
         if message.get("except") == self.channel_name:
             return None  # (counted as seen: the sender's own broadcast_from)
-        return frame_with_ref(join.encoded_ref, message["epoch"], seq, message["tail"])
+        return self.wire.broadcast_frame_with_ref(join.encoded_ref, message["epoch"], seq, message)
 
     def _on_lost_messages(self, topic: str) -> None:
         """The node lost messages of topic its history could not give back: a recovering join errors,

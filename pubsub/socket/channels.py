@@ -65,6 +65,7 @@ class ChannelSocket(Protocol):
     scope: dict
     channel_name: str
     channel_layer: Any
+    wire: Any  # its serializer: pubsub.core.protocol (V2) or protocol_v1
 
     async def send_text(self, text: str) -> None: ...
 
@@ -123,7 +124,7 @@ class Channel:
 
     async def push(self, event: str, payload: dict | None = None) -> None:
         """Send ``[join_ref, null, topic, event, payload]`` to this socket only."""
-        await self.socket.send_text(protocol.encode_push(self.join_ref, self.topic, event, payload))
+        await self.socket.send_text(self.socket.wire.encode_push(self.join_ref, self.topic, event, payload))
 
     async def broadcast(self, event: str, payload: dict) -> None:
         """Send event to every subscriber of the topic on every node, this socket included."""

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
 
-from pubsub.core import protocol
+from pubsub.core import protocol, protocol_v1
 from pubsub.exceptions import ProtocolError, TransportError
 from pubsub.socket.auth import Identity, Refused, SocketAuth
 from pubsub.socket.authorization import allow_all
@@ -35,11 +35,19 @@ from pubsub.socket.joins import Joins
 from pubsub.socket.limits import Limits
 from pubsub.socket.throttle import TokenBucket
 
-__all__ = ["PhoenixSocket", "RejectingSocket"]
+__all__ = ["PhoenixSocket", "RejectingSocket", "serializer_for"]
+
+
+def serializer_for(vsn: str):
+    """The serializer module for a client's vsn, as Phoenix matches "~> 1.0.0" and "~> 2.0.0"; None
+    for any other (the socket is refused with HTTP 403)."""
+    major_minor, _, patch = vsn.rpartition(".")
+    if not patch.isdigit():
+        return None
+    return {"1.0": protocol_v1, "2.0": protocol}.get(major_minor)
+
 
 logger = logging.getLogger(__name__)
-
-SUPPORTED_VSN = "2.0.0"
 
 
 class PhoenixSocket(Joins, Broadcasts, Limits, AsyncConsumer):
@@ -75,6 +83,7 @@ class PhoenixSocket(Joins, Broadcasts, Limits, AsyncConsumer):
         self.channel_routes = channel_routes or _default_routes()
         self.identity = Identity()
         self.joins: dict[str, Channel] = {}
+        self.wire = protocol  # the serializer, chosen by the vsn at connect (protocol_v1 for 1.0.x)
         self.accepted = False
         self.closed = False
         self.last_seen = 0.0
@@ -121,11 +130,13 @@ class PhoenixSocket(Joins, Broadcasts, Limits, AsyncConsumer):
 
     async def websocket_connect(self, message: dict) -> None:
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        vsn = query.get("vsn", ["1.0.0"])[-1]
-        if vsn != SUPPORTED_VSN:
-            logger.info("refused websocket with vsn=%r (only %s is served)", vsn, SUPPORTED_VSN)
+        vsn = query.get("vsn", [protocol_v1.VSN])[-1]  # no vsn: 1.0.0, as Phoenix
+        wire = serializer_for(vsn)
+        if wire is None:
+            logger.info("refused websocket with vsn=%r (1.0.x and 2.0.x are served)", vsn)
             await self.send({"type": "websocket.close"})  # before accept: HTTP 403
             return
+        self.wire = wire
         if self.max_connections and self._open_connections() >= self.max_connections:
             self.count("connections_refused")
             logger.warning("refused websocket: %d connections open (DPS_MAX_CONNECTIONS)", self.max_connections)
@@ -171,7 +182,7 @@ class PhoenixSocket(Joins, Broadcasts, Limits, AsyncConsumer):
             await self._close(CLOSE_TOO_BIG, f"frame over {self.max_frame_bytes} bytes")
             return
         try:
-            frame = protocol.parse(text)
+            frame = self.wire.parse(text)
         except ProtocolError as exc:
             if exc.replyable:
                 await self._reply(exc.join_ref, exc.ref, exc.topic, "error", {"reason": exc.reason})
@@ -249,12 +260,12 @@ class PhoenixSocket(Joins, Broadcasts, Limits, AsyncConsumer):
 
     async def _reply(self, join_ref: Any, ref: Any, topic: str, status: str, response: dict | None = None) -> None:
         await self.send(
-            {"type": "websocket.send", "text": protocol.encode_reply(join_ref, ref, topic, status, response)}
+            {"type": "websocket.send", "text": self.wire.encode_reply(join_ref, ref, topic, status, response)}
         )
 
     async def _push(self, join_ref: Any, ref: Any, topic: str, event: str, payload: dict | None = None) -> None:
         await self.send(
-            {"type": "websocket.send", "text": protocol.encode_json([join_ref, ref, topic, event, payload or {}])}
+            {"type": "websocket.send", "text": self.wire.encode_frame(join_ref, ref, topic, event, payload)}
         )
 
     async def _close(self, code: int, why: str) -> None:

@@ -11,7 +11,7 @@ from pubsub.core import protocol
 from pubsub.exceptions import TransportError
 from pubsub.socket.authorization import authorize
 from pubsub.socket.channels import Channel, Reply, Stop
-from pubsub.socket.recovery import after_for, decide, frame_with_ref, recover_param
+from pubsub.socket.recovery import after_for, decide, recover_param
 
 logger = logging.getLogger("pubsub.socket.consumer")
 
@@ -86,7 +86,9 @@ class Joins:
         channel.last_seq = position.seq if recovered else answer["seq"]
         for seq, message in missed:
             if "tail" in message and message.get("except") != self.channel_name:
-                await self.send_text(frame_with_ref(channel.encoded_ref, answer["epoch"], seq, message["tail"]))
+                await self.send_text(
+                    self.wire.broadcast_frame_with_ref(channel.encoded_ref, answer["epoch"], seq, message)
+                )
             channel.last_seq = seq
         while channel.held:  # what arrived while replaying; _frame_for drops what was replayed
             held, channel.held = channel.held, None
@@ -110,8 +112,7 @@ class Joins:
             channel.presence_synced = True  # diffs from now on (phoenix.js buffers them until the state)
             state = await layer.presence_state_json(channel.topic)
             if self.joins.get(channel.topic) is channel:
-                head = protocol.encode_json([channel.join_ref, None, channel.topic, "presence_state"])
-                await self.send_text(head[:-1] + "," + state + "]")
+                await self.send_text(self.wire.presence_state_frame(channel.join_ref, channel.topic, state))
 
     async def _ask_join(self, channel: Channel, params: Any) -> Reply:
         """The join authorizer, then the class's join: the reply to send."""

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from pubsub.core import entries
 
-__all__ = ["Position", "recover_param", "decide", "frame_with_ref", "after_for", "RECOVER_FORMAT"]
+__all__ = ["Position", "recover_param", "decide", "after_for", "RECOVER_FORMAT"]
 
 RECOVER_FORMAT = 'recover must be true or {"epoch": "...", "seq": N}'
 LATEST = 2**62  # "after" that asks the owner for no message, only its epoch and last seq
@@ -56,12 +56,6 @@ def decide(position: Position | bool, answer: dict, limit: int) -> tuple[bool, l
     if [seq for seq, _ in kept] != list(range(position.seq + 1, answer["seq"] + 1)):
         return False, []  # some of them are no longer kept: all or nothing
     return True, [(seq, entries.unpack_message(message)) for seq, message in kept]
-
-
-def frame_with_ref(encoded_join_ref: str, epoch: str, seq: int, tail: str) -> str:
-    """A broadcast for a recovering join: its ref is ``"<epoch>:<seq>"`` where the tail has null
-    (a tail starts ``,null,``: see protocol.encode_broadcast_tail)."""
-    return "[" + encoded_join_ref + ',"' + epoch + ":" + str(seq) + '"' + tail[5:]
 
 
 def after_for(position: Position | bool) -> int:
