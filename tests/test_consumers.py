@@ -211,10 +211,11 @@ async def test_oversized_frame_closes_the_socket(connect):
     assert await client.ws.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4009}
 
 
-async def test_binary_frames_close_the_socket(connect):
+async def test_a_malformed_binary_frame_closes_the_socket(connect):
+    """(Binary pushes themselves: tests/test_binary_frames.py.)"""
     client = await connect()
     await client.ws.send_to(bytes_data=b"\x00\x01")
-    assert await client.ws.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4003}
+    assert await client.ws.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4007}
 
 
 async def test_channel_limit_per_socket(connect):

@@ -29,6 +29,10 @@ __all__ = [
     "broadcast_frame",
     "broadcast_frame_with_ref",
     "presence_state_frame",
+    "parse_binary",
+    "encode_binary_push",
+    "encode_binary_reply",
+    "encode_binary_broadcast",
     "VSN",
     "valid_topic",
     "MAX_TOPIC_LENGTH",
@@ -110,17 +114,72 @@ def encode_broadcast_tail(topic: str, event: str, payload: dict) -> str:
     return "," + encode_json([None, topic, event, payload])[1:]
 
 
-def broadcast_frame(encoded_join_ref: str, message: dict) -> str:
-    """A broadcast layer message (its pre-encoded ``tail``) as one join's frame."""
+def broadcast_frame(encoded_join_ref: str, message: dict) -> str | bytes:
+    """A broadcast layer message (its pre-encoded ``tail``) as one join's frame; a binary one is
+    the same bytes for every receiver."""
+    binary = message.get("binary")
+    if binary is not None:
+        return binary
     return "[" + encoded_join_ref + message["tail"]
 
 
-def broadcast_frame_with_ref(encoded_join_ref: str, epoch: str, seq: int, message: dict) -> str:
+def broadcast_frame_with_ref(encoded_join_ref: str, epoch: str, seq: int, message: dict) -> str | bytes:
     """A broadcast for a recovering join: its ref is ``"<epoch>:<seq>"`` where the tail has null
-    (a string with a colon is never a number the client could confuse with its own refs)."""
+    (a string with a colon is never a number the client could confuse with its own refs). A binary
+    broadcast has no ref: it goes as it is (the client learns positions from text broadcasts)."""
+    binary = message.get("binary")
+    if binary is not None:
+        return binary
     return "[" + encoded_join_ref + ',"' + epoch + ":" + str(seq) + '"' + message["tail"][5:]
 
 
 def presence_state_frame(join_ref: str | None, topic: str, state_json: str) -> str:
     """``[join_ref, null, topic, "presence_state", state]`` around a state encoded once per change."""
     return encode_json([join_ref, None, topic, "presence_state"])[:-1] + "," + state_json + "]"
+
+
+# V2 binary frames (phoenix.js sends a push whose payload is an ArrayBuffer as one): a kind byte,
+# one byte per field length (so each field is at most 255 bytes), the fields, then the raw payload.
+BINARY_PUSH, BINARY_REPLY, BINARY_BROADCAST = 0, 1, 2
+
+
+def parse_binary(data: bytes) -> Frame:
+    """A client's binary push, ``00 jrLen refLen topicLen eventLen join_ref ref topic event data``,
+    as a Frame whose payload is the bytes; ProtocolError for anything else."""
+    if len(data) < 5 or data[0] != BINARY_PUSH:
+        raise ProtocolError("a binary frame must be a push: kind 0, then four field lengths")
+    lengths = data[1:5]
+    end = 5 + sum(lengths)
+    if len(data) < end:
+        raise ProtocolError("binary frame shorter than its field lengths")
+    fields, at = [], 5
+    for length in lengths:
+        try:
+            fields.append(data[at : at + length].decode())
+        except UnicodeDecodeError:
+            raise ProtocolError("binary frame fields must be UTF-8") from None
+        at += length
+    join_ref, ref, topic, event = fields
+    return Frame(join_ref or None, ref or None, topic, event, data[end:])
+
+
+def _binary(kind: int, fields: tuple[str, ...], data: bytes) -> bytes:
+    encoded = [field.encode() for field in fields]
+    if any(len(field) > 255 for field in encoded):
+        raise ProtocolError("a binary frame's join_ref, ref, topic, event and status are at most 255 bytes each")
+    return bytes([kind, *map(len, encoded)]) + b"".join(encoded) + data
+
+
+def encode_binary_push(join_ref: str | None, topic: str, event: str, data: bytes) -> bytes:
+    """``00 jrLen topicLen eventLen join_ref topic event data`` (a server push has no ref)."""
+    return _binary(BINARY_PUSH, (join_ref or "", topic, event), data)
+
+
+def encode_binary_reply(join_ref: str | None, ref: str | None, topic: str, status: str, data: bytes) -> bytes:
+    """``01 jrLen refLen topicLen statusLen join_ref ref topic status data``."""
+    return _binary(BINARY_REPLY, (join_ref or "", ref or "", topic, status), data)
+
+
+def encode_binary_broadcast(topic: str, event: str, data: bytes) -> bytes:
+    """``02 topicLen eventLen topic event data``: no join_ref, the same bytes for every receiver."""
+    return _binary(BINARY_BROADCAST, (topic, event), data)

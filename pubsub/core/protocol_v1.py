@@ -69,8 +69,11 @@ def encode_push(join_ref: str | None, topic: str, event: str, payload: dict | No
     return encode_frame(None, None, topic, event, payload)
 
 
-def broadcast_frame(encoded_join_ref: str, message: dict) -> str:
-    """The broadcast's V1 frame, encoded once for every V1 socket of the node."""
+def broadcast_frame(encoded_join_ref: str, message: dict) -> str | None:
+    """The broadcast's V1 frame, encoded once for every V1 socket of the node; None for a binary
+    broadcast (V1 has no binary form: a V1 socket does not get it)."""
+    if "binary" in message:
+        return None
     frame = message.get("v1")
     if frame is None:
         _, _, topic, event, payload = orjson.loads("[null" + message["tail"])
@@ -78,9 +81,12 @@ def broadcast_frame(encoded_join_ref: str, message: dict) -> str:
     return frame
 
 
-def broadcast_frame_with_ref(encoded_join_ref: str, epoch: str, seq: int, message: dict) -> str:
+def broadcast_frame_with_ref(encoded_join_ref: str, epoch: str, seq: int, message: dict) -> str | None:
     """For a recovering join, the ref is ``"<epoch>:<seq>"``, as in V2."""
-    return broadcast_frame(encoded_join_ref, message)[: -len(_NULL_REF)] + '"ref":"' + epoch + ":" + str(seq) + '"}'
+    frame = broadcast_frame(encoded_join_ref, message)
+    if frame is None:
+        return None
+    return frame[: -len(_NULL_REF)] + '"ref":"' + epoch + ":" + str(seq) + '"}'
 
 
 def presence_state_frame(join_ref: str | None, topic: str, state_json: str) -> str:

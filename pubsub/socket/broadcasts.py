@@ -20,14 +20,12 @@ class Broadcasts:
         """A broadcast for a topic this socket may have joined; the frame is pre-encoded."""
         join = self.joins.get(message["topic"])
         if join is not None:  # the topic may have been left while the message was queued
-            text = self._frame_for(join, message)
-            if text is not None:
-                await self.send_text(text)
+            await self.send_frame(self._frame_for(join, message))
 
     def _fastlane(self, message: dict) -> bool:
         """The layer's direct path for broadcasts: one string concatenation and a write, no task."""
-        if message.get("type") != BROADCAST_TYPE:
-            return False
+        if message.get("type") != BROADCAST_TYPE or "binary" in message:
+            return False  # (a binary frame goes through the socket's own send)
         join = self.joins.get(message["topic"])
         if join is None or self.closed:
             return True
@@ -44,7 +42,7 @@ class Broadcasts:
             self.closed = True
         return True
 
-    def _frame_for(self, join: Channel, message: dict) -> str | None:
+    def _frame_for(self, join: Channel, message: dict) -> str | bytes | None:
         """The frame of a broadcast for one join: its join_ref, and for a recovering join the ref
         "<epoch>:<seq>". None: held (its missed messages are being replayed), already sent, or past
         a gap (a recovering client must never see seq N+2 without N+1: its next rejoin would

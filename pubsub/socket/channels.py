@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pubsub.core import protocol
-from pubsub.core.messages import broadcast_message
+from pubsub.core.messages import binary_broadcast_message, broadcast_message
 
 __all__ = ["Channel", "PublishChannel", "Reply", "Stop"]
 
@@ -68,6 +68,8 @@ class ChannelSocket(Protocol):
     wire: Any  # its serializer: pubsub.core.protocol (V2) or protocol_v1
 
     async def send_text(self, text: str) -> None: ...
+
+    async def send_frame(self, frame: str | bytes | None) -> None: ...
 
     def count(self, what: str) -> None: ...
 
@@ -122,13 +124,17 @@ class Channel:
 
     # What a channel can do
 
-    async def push(self, event: str, payload: dict | None = None) -> None:
-        """Send ``[join_ref, null, topic, event, payload]`` to this socket only."""
-        await self.socket.send_text(self.socket.wire.encode_push(self.join_ref, self.topic, event, payload))
+    async def push(self, event: str, payload: dict | bytes | None = None) -> None:
+        """Send ``[join_ref, null, topic, event, payload]`` to this socket only (bytes: a binary push)."""
+        if isinstance(payload, bytes):
+            await self.socket.send_frame(protocol.encode_binary_push(self.join_ref, self.topic, event, payload))
+        else:
+            await self.socket.send_text(self.socket.wire.encode_push(self.join_ref, self.topic, event, payload))
 
-    async def broadcast(self, event: str, payload: dict) -> None:
-        """Send event to every subscriber of the topic on every node, this socket included."""
-        await self.socket.channel_layer.group_send(self.topic, broadcast_message(self.topic, event, payload))
+    async def broadcast(self, event: str, payload: dict | bytes) -> None:
+        """Send event to every subscriber of the topic on every node, this socket included (bytes:
+        a binary broadcast, which V1 sockets, having no binary form, do not get)."""
+        await self.socket.channel_layer.group_send(self.topic, self._broadcast_message(event, payload))
 
     async def track(self, meta: dict | None = None, key: str | None = None) -> dict:
         """Be present in the topic as key (default: the identity) with meta; again: an update.
@@ -147,9 +153,14 @@ class Channel:
 
     async def broadcast_from(self, event: str, payload: dict) -> None:
         """Send event to every subscriber of the topic on every node except this socket."""
-        message = broadcast_message(self.topic, event, payload)
+        message = self._broadcast_message(event, payload)
         message["except"] = self.socket.channel_name
         await self.socket.channel_layer.group_send(self.topic, message)
+
+    def _broadcast_message(self, event: str, payload: dict | bytes) -> dict:
+        if isinstance(payload, bytes):
+            return binary_broadcast_message(self.topic, event, payload)
+        return broadcast_message(self.topic, event, payload)
 
 
 PUBLISH_FORMAT = 'publish payload must be [event, object], e.g. ["event", {"message": "hi"}]'
@@ -162,6 +173,10 @@ class PublishChannel(Channel):
     async def handle_in(self, event: str, payload: Any) -> Reply | None:
         if event != "publish":
             return await super().handle_in(event, payload)
+        if isinstance(payload, bytes):  # a binary push: relayed as a binary broadcast of "publish"
+            await self.broadcast("publish", payload)
+            self.socket.count("publishes")
+            return Reply.ok()
         if not (
             isinstance(payload, list)
             and len(payload) == 2

@@ -118,6 +118,13 @@ class PhoenixSocket(Joins, Broadcasts, Limits, AsyncConsumer):
     async def send_text(self, text: str) -> None:
         await self.send({"type": "websocket.send", "text": text})
 
+    async def send_frame(self, frame: str | bytes | None) -> None:
+        """A text frame, a binary one (bytes), or nothing (None: not for this socket)."""
+        if isinstance(frame, bytes):
+            await self.send({"type": "websocket.send", "bytes": frame})
+        elif frame is not None:
+            await self.send_text(frame)
+
     async def dispatch(self, message: dict) -> None:
         # Channels' dispatch also runs close_old_connections() in a thread for every
         # message; this consumer does no database work per frame, so skip it.
@@ -175,14 +182,21 @@ class PhoenixSocket(Joins, Broadcasts, Limits, AsyncConsumer):
     async def websocket_receive(self, message: dict) -> None:
         self._touch()
         text = message.get("text")
-        if text is None:
-            await self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
-            return
-        if len(text) > self.max_frame_bytes // 4 and len(text.encode()) > self.max_frame_bytes:
-            await self._close(CLOSE_TOO_BIG, f"frame over {self.max_frame_bytes} bytes")
-            return
         try:
-            frame = self.wire.parse(text)
+            if text is not None:
+                if len(text) > self.max_frame_bytes // 4 and len(text.encode()) > self.max_frame_bytes:
+                    await self._close(CLOSE_TOO_BIG, f"frame over {self.max_frame_bytes} bytes")
+                    return
+                frame = self.wire.parse(text)
+            else:
+                data = message.get("bytes") or b""
+                if self.wire is not protocol:
+                    await self._close(CLOSE_UNSUPPORTED_DATA, "binary frames need the V2 serializer (vsn=2.0.0)")
+                    return
+                if len(data) > self.max_frame_bytes:
+                    await self._close(CLOSE_TOO_BIG, f"frame over {self.max_frame_bytes} bytes")
+                    return
+                frame = protocol.parse_binary(data)
         except ProtocolError as exc:
             if exc.replyable:
                 await self._reply(exc.join_ref, exc.ref, exc.topic, "error", {"reason": exc.reason})
@@ -258,7 +272,15 @@ class PhoenixSocket(Joins, Broadcasts, Limits, AsyncConsumer):
 
     # Utility
 
-    async def _reply(self, join_ref: Any, ref: Any, topic: str, status: str, response: dict | None = None) -> None:
+    async def _reply(
+        self, join_ref: Any, ref: Any, topic: str, status: str, response: dict | bytes | None = None
+    ) -> None:
+        if isinstance(response, bytes):  # a binary reply (V2 only: V1 has no binary form)
+            if self.wire is protocol:
+                await self.send_frame(protocol.encode_binary_reply(join_ref, ref, topic, status, response))
+            else:
+                await self._reply(join_ref, ref, topic, "error", {"reason": "a binary reply needs vsn=2.0.0"})
+            return
         await self.send(
             {"type": "websocket.send", "text": self.wire.encode_reply(join_ref, ref, topic, status, response)}
         )

@@ -85,17 +85,17 @@ class Joins:
         # Not recovered: the client reloads up to "seq"; recovered: it has everything up to its position.
         channel.last_seq = position.seq if recovered else answer["seq"]
         for seq, message in missed:
-            if "tail" in message and message.get("except") != self.channel_name:
-                await self.send_text(
+            if ("tail" in message or "binary" in message) and message.get("except") != self.channel_name:
+                await self.send_frame(
                     self.wire.broadcast_frame_with_ref(channel.encoded_ref, answer["epoch"], seq, message)
                 )
             channel.last_seq = seq
         while channel.held:  # what arrived while replaying; _frame_for drops what was replayed
             held, channel.held = channel.held, None
-            texts = [text for text in map(lambda message: self._frame_for(channel, message), held) if text]
+            frames = [frame for frame in map(lambda message: self._frame_for(channel, message), held) if frame]
             channel.held = []  # (no await above: nothing arrived while it was None)
-            for text in texts:
-                await self.send_text(text)
+            for frame in frames:
+                await self.send_frame(frame)
         channel.held = None
         return True
 
