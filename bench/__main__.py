@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from bench import chaos, chat, fencing_cost, history_cost, presence, scaleout
-from bench.end_to_end import connect_storm, end_to_end, idle_memory, layer_scenario
+from bench.end_to_end import connect_storm, end_to_end, idle_memory, layer_scenario, longpoll_memory
 from bench.logs import log
 from bench.report import plot, print_report
 from bench.stacks import STACKS, Stack
@@ -123,6 +123,7 @@ def main() -> None:
         rows += [connect_storm(name, storm) for name in ("dps", "stock-pubsub", "stock-core")]
     if "memory" in scenarios:
         rows += [idle_memory(name, idle) for name in ("dps", "stock-pubsub")]
+        rows.append(longpoll_memory(idle))
     if "chat" in scenarios:
         rows += chat.run(["dps", "stock-pubsub", "stock-core"], args.quick)
     if "presence" in scenarios:

@@ -171,3 +171,38 @@ def idle_memory(name, count) -> dict:
     per = (after - before) / max(connected, 1)
     log(f"  {connected} connected, {per / 1024:.1f} KB RSS per connection")
     return {"scenario": "memory", "stack": name, "connections": connected, "kb_per_connection": per / 1024}
+
+
+def longpoll_memory(count) -> dict:
+    """RSS per idle long-poll session (joined to one topic, as an idle websocket client is), measured
+    within the session expiry, on the same one-node DPS stack as idle_memory's websockets."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    log(f"idle memory: dps, {count} idle long-poll sessions on one node")
+    stack = Stack("dps", nodes=1)
+    try:
+        time.sleep(1)
+        base = stack.urls()[0].replace("ws://", "http://").replace("/socket/websocket", "/socket/longpoll")
+        before = stack.node_rss()
+
+        def session(index: int) -> bool:
+            with requests.Session() as http:
+                opened = http.get(base, timeout=30).json()
+                if opened.get("status") != 410:
+                    return False
+                frame = f'["{index}","1","{TOPIC}","phx_join",{{}}]'
+                url = base + "&token=" + opened["token"]
+                headers = {"Content-Type": "application/x-ndjson"}
+                return http.post(url, data=frame, headers=headers, timeout=30).json().get("status") == 200
+
+        with ThreadPoolExecutor(32) as pool:
+            opened = sum(pool.map(session, range(count)))
+        time.sleep(2)
+        after = stack.node_rss()
+    finally:
+        stack.stop()
+    per = (after - before) / max(opened, 1)
+    log(f"  {opened} sessions, {per / 1024:.1f} KB RSS per session")
+    return {"scenario": "memory", "stack": "dps long-poll", "connections": opened, "kb_per_connection": per / 1024}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from urllib.parse import urlparse
 
 from channels.layers import get_channel_layer
 from channels.routing import ProtocolTypeRouter, URLRouter
@@ -21,19 +22,37 @@ from pubsub.socket.auth import SessionUser, SocketAuth
 from pubsub.socket.authorization import load_authorizer
 from pubsub.socket.channel_routes import ChannelRoutes
 from pubsub.socket.consumer import PhoenixSocket, RejectingSocket
+from pubsub.socket.longpoll import LongPoll
 from pubsub.socket.origins import BrowserOriginValidator
 from pubsub.socket.tokens import warn_if_development_key
 
-__all__ = ["dps_application", "websocket_application", "phoenix_socket"]
+__all__ = ["dps_application", "websocket_application", "longpoll_application", "phoenix_socket"]
 
 logger = logging.getLogger("pubsub")
 
 SOCKET_PATH = "socket/websocket"
+LONGPOLL_PATH = "socket/longpoll"
 
 
 def dps_application(http_application):
-    """HTTP to http_application (Django's), websockets to DPS; this process becomes a node."""
-    return ProtocolTypeRouter({"http": http_application, "websocket": websocket_application()})
+    """HTTP to http_application (Django's) but ``/socket/longpoll``, websockets to DPS; this process
+    becomes a node."""
+    websocket = websocket_application()
+    http = URLRouter([path(LONGPOLL_PATH, longpoll_application()), re_path(r"", http_application)])
+    return ProtocolTypeRouter({"http": http, "websocket": websocket})
+
+
+def longpoll_application():
+    """``/socket/longpoll``: Phoenix's LongPoll transport, each session the websocket's consumer
+    (pubsub/socket/longpoll.py); the same origin check and session user as a websocket."""
+    validator = BrowserOriginValidator(None, allowed_origins())
+
+    def origin_allowed(scope) -> bool:
+        origin = next((value for key, value in scope.get("headers", ()) if key == b"origin"), None)
+        return validator.valid_origin(urlparse(origin.decode("latin-1")) if origin else None)
+
+    socket_app = phoenix_socket(idle_timeout=0)  # a session lives while it is polled (LongPoll's own expiry)
+    return SessionUser(LongPoll(socket_app, max_buffer=setting("DPS_MAX_SEND_BUFFER"), origin_allowed=origin_allowed))
 
 
 def websocket_application(routes=()):
@@ -59,9 +78,9 @@ def websocket_application(routes=()):
     return BrowserOriginValidator(SessionUser(URLRouter(patterns)), allowed_origins(), on_refused=count_refusal)
 
 
-def phoenix_socket():
-    """The Phoenix socket consumer, configured from the DPS_* settings."""
-    return PhoenixSocket.as_asgi(
+def phoenix_socket(**overrides):
+    """The Phoenix socket consumer, configured from the DPS_* settings (overrides: for LongPoll)."""
+    options = dict(
         max_frame_bytes=setting("DPS_MAX_FRAME_BYTES"),
         max_channels=setting("DPS_MAX_CHANNELS"),
         idle_timeout=setting("DPS_IDLE_TIMEOUT"),
@@ -74,6 +93,7 @@ def phoenix_socket():
         socket_auth=SocketAuth(setting("DPS_SOCKET_AUTH"), max_age=setting("DPS_TOKEN_MAX_AGE")),
         channel_routes=ChannelRoutes(setting("DPS_CHANNELS")),
     )
+    return PhoenixSocket.as_asgi(**{**options, **overrides})
 
 
 def _start_node_when_daphne_runs(layer) -> None:

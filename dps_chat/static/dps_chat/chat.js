@@ -7,7 +7,8 @@
   const form = document.getElementById("say");
   const input = document.getElementById("body");
 
-  const socket = new Phoenix.Socket("/socket", {});
+  // As a new Phoenix project: the websocket, and long polling if it has not opened within 2.5 s.
+  const socket = new Phoenix.Socket("/socket", { longPollFallbackMs: 2500 });
   socket.onOpen(() => { status.textContent = ""; });
   socket.onError(() => { status.textContent = "reconnecting…"; });
   socket.connect();

@@ -1,0 +1,131 @@
+"""LongPoll at /socket/longpoll: the real phoenix client on its LongPoll transport, requests of one
+session served by either of two nodes, and bad requests answered with Phoenix's codes."""
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+import requests
+import websockets
+
+from tests import phoenix_js
+from tests.processes import HOST
+
+pytestmark = pytest.mark.processes
+TIMEOUT = 15
+SEED_PUBLISH = '["1","2","topics:matrix","publish",["event",{"message":"red pill or blue pill?"}]]'
+
+
+def longpoll(node, query="vsn=2.0.0"):
+    return f"http://{HOST}:{node.port}/socket/longpoll?{query}"
+
+
+def get(url, **headers):
+    response = requests.get(url, headers={"Accept": "application/json", **headers}, timeout=TIMEOUT)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
+    return response.json()
+
+
+def post(url, lines, **headers):
+    body = "\n".join(lines)
+    response = requests.post(
+        url, data=body, headers={"Content-Type": "application/x-ndjson", **headers}, timeout=TIMEOUT
+    )
+    assert response.status_code == 200
+    return response.json()
+
+
+def poll_until(url, want, token):
+    """GETs until a frame with want in it came (each GET returns at once or within the window)."""
+    seen = []
+    for _ in range(10):
+        answer = get(url + "&token=" + token)
+        assert answer["status"] in (200, 204), answer
+        seen += answer.get("messages", [])
+        if any(want in frame for frame in seen):
+            return seen
+    raise AssertionError(f"{want!r} never came: {seen}")
+
+
+@pytest.mark.node
+async def test_the_phoenix_clients_longpoll_transport_joins_publishes_and_receives(daphne_node):
+    modules = phoenix_js.install()
+    async with websockets.connect(daphne_node.url()) as ws:
+        await ws.send('["1","1","topics:matrix","phx_join",{}]')
+        assert json.loads(await ws.recv())[4]["status"] == "ok"
+        process = await asyncio.create_subprocess_exec(
+            "node",
+            str(Path(__file__).parent / "js" / "phoenix_longpoll.js"),
+            f"ws://{HOST}:{daphne_node.port}/socket",
+            "topics:matrix",
+            "2",
+            env={**os.environ, "NODE_PATH": str(modules)},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        events = []
+        while not events or events[-1]["event"] != "joined":
+            line = await asyncio.wait_for(process.stdout.readline(), 30)
+            assert line, f"the phoenix client exited early after {events}"
+            events.append(json.loads(line))
+        assert events[-1]["transport"] == "LongPoll"
+        frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert frame == ["1", None, "topics:matrix", "event", {"message": "over long-poll"}]
+        await ws.send(SEED_PUBLISH)  # and a websocket's publish reaches the long-poll client
+        while events[-1]["event"] != "broadcast" or len([e for e in events if e["event"] == "broadcast"]) < 2:
+            line = await asyncio.wait_for(process.stdout.readline(), 30)
+            assert line, f"the phoenix client exited early after {events}"
+            events.append(json.loads(line))
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+        broadcasts = [e["payload"] for e in events if e["event"] == "broadcast"]
+        assert broadcasts == [{"message": "over long-poll"}, {"message": "red pill or blue pill?"}]
+
+
+async def test_any_node_serves_any_request_of_a_session(cluster_factory):
+    """A round-robin balancer: the session's requests alternate between the two nodes."""
+    cluster = cluster_factory()
+    a, b = cluster.nodes["ws-a"], cluster.nodes["ws-b"]
+    opened = await asyncio.to_thread(get, longpoll(a))
+    assert opened["status"] == 410 and opened["messages"] == []
+    token = opened["token"]
+    async with websockets.connect(b.url()) as ws:
+        await ws.send('["1","1","topics:matrix","phx_join",{}]')
+        assert json.loads(await ws.recv())[4]["status"] == "ok"
+        joined = await asyncio.to_thread(
+            post, longpoll(b, "vsn=2.0.0&token=" + token), ['["1","1","topics:matrix","phx_join",{}]']
+        )
+        assert joined == {"status": 200}
+        await asyncio.to_thread(poll_until, longpoll(a), '"phx_reply"', token)
+        sent = await asyncio.to_thread(post, longpoll(b, "vsn=2.0.0&token=" + token), [SEED_PUBLISH])
+        assert sent == {"status": 200}
+        assert (
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+            == '["1",null,"topics:matrix","event",{"message":"red pill or blue pill?"}]'
+        )
+        await ws.send('["1","3","topics:matrix","publish",["event",{"from":"ws"}]]')
+        seen = await asyncio.to_thread(poll_until, longpoll(b), '{"from":"ws"}', token)
+        assert '["1",null,"topics:matrix","event",{"from":"ws"}]' in seen
+
+
+async def test_bad_requests_get_phoenixs_answers(daphne_node):
+    url = longpoll(daphne_node)
+    assert (await asyncio.to_thread(requests.put, url, timeout=TIMEOUT)).status_code == 400
+    refused = await asyncio.to_thread(get, longpoll(daphne_node, "vsn=9.0.0"))
+    assert refused == {"status": 403}
+    fresh = await asyncio.to_thread(get, url, **{"X-Phoenix-Longpoll-Token": "not-a-session"})
+    assert fresh["status"] == 410 and fresh["token"], "an unknown token gets a new session"
+    gone = await asyncio.to_thread(
+        post, url, ['["1","1","t","phx_join",{}]'], **{"X-Phoenix-Longpoll-Token": "not-a-session"}
+    )
+    assert gone == {"status": 410}
+    too_many = await asyncio.to_thread(
+        post, url + "&token=" + fresh["token"], ['[null,"1","phoenix","heartbeat",{}]'] * 101
+    )
+    assert too_many == {"status": 400}
+    too_big = await asyncio.to_thread(post, url + "&token=" + fresh["token"], ["x" * (9 * 1024 * 1024)])
+    assert too_big == {"status": 413}
+    preflight = await asyncio.to_thread(
+        requests.options, url, headers={"Access-Control-Request-Headers": "x-phoenix-longpoll-token"}, timeout=TIMEOUT
+    )
+    assert preflight.headers["access-control-allow-methods"] == "get, post, options"
