@@ -84,3 +84,55 @@ def test_two_users_chat_and_see_each_other_online(chat_cluster, browser_factory)
 
     bob.get(f"{base_b}/chat/")  # bob leaves the room
     wait_until(alice, lambda b: online(b) == {"alice"}, "alice sees bob leave")
+
+
+# A page whose websocket never opens (a proxy or an antivirus that kills upgrades): it errors at once.
+BROKEN_WEBSOCKET = """
+window.WebSocket = class {
+  constructor() {
+    this.readyState = 0;
+    setTimeout(() => {
+      this.readyState = 3;
+      if (this.onerror) this.onerror(new Event("error"));
+      if (this.onclose) this.onclose({ code: 1006, reason: "", wasClean: false });
+    }, 20);
+  }
+  send() {}
+  close() { this.readyState = 3; }
+};
+"""
+
+
+def test_a_browser_whose_websocket_cannot_connect_falls_back_to_long_polling(chat_cluster, browser_factory):
+    """The chat page's phoenix.js (longPollFallbackMs, as a new Phoenix project) moves to LongPoll
+    and chats with a websocket user on the other node: presence and messages both ways."""
+    from selenium.webdriver.common.by import By
+
+    alice, bob = browser_factory(), browser_factory()
+    bob.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": BROKEN_WEBSOCKET})
+    base_a = f"http://127.0.0.1:{chat_cluster.nodes['ws-a'].port}"
+    base_b = f"http://127.0.0.1:{chat_cluster.nodes['ws-b'].port}"
+
+    alice.get(f"{base_a}/chat/")
+    alice.find_element(By.CSS_SELECTOR, "#login input[name=username]").send_keys("alice")
+    alice.find_element(By.CSS_SELECTOR, "#login input[name=password]").send_keys("alice-pass-1")
+    alice.find_element(By.CSS_SELECTOR, "#login button").click()
+    wait_until(alice, lambda b: b.find_elements(By.CSS_SELECTOR, "#rooms a"), "alice sees the rooms")
+    alice.get(f"{base_a}/chat/lobby/")
+    wait_until(alice, lambda b: online(b) == {"alice"}, "alice sees herself online")
+
+    bob.get(f"{base_b}/chat/login/")
+    bob.find_element(By.CSS_SELECTOR, "#signup input[name=username]").send_keys("bob")
+    bob.find_element(By.CSS_SELECTOR, "#signup input[name=password1]").send_keys("a-long-secret-42")
+    bob.find_element(By.CSS_SELECTOR, "#signup input[name=password2]").send_keys("a-long-secret-42")
+    bob.find_element(By.CSS_SELECTOR, "#signup button").click()
+    wait_until(bob, lambda b: b.find_elements(By.CSS_SELECTOR, "#rooms a"), "bob signed up")
+    bob.get(f"{base_b}/chat/lobby/")
+
+    wait_until(bob, lambda b: online(b) == {"alice", "bob"}, "bob, on long polling, sees both online")
+    wait_until(alice, lambda b: online(b) == {"alice", "bob"}, "alice sees bob arrive")
+    assert bob.execute_script("return sessionStorage.getItem('phx:fallback:LongPoll')") == "true"
+    say(alice, "hello bob")
+    wait_until(bob, lambda b: "alice hello bob" in messages(b), "bob gets alice's message over long polling")
+    say(bob, "hi alice")
+    wait_until(alice, lambda b: messages(b) == ["alice hello bob", "bob hi alice"], "alice gets bob's, in order")

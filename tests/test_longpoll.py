@@ -129,3 +129,46 @@ async def test_bad_requests_get_phoenixs_answers(daphne_node):
         requests.options, url, headers={"Access-Control-Request-Headers": "x-phoenix-longpoll-token"}, timeout=TIMEOUT
     )
     assert preflight.headers["access-control-allow-methods"] == "get, post, options"
+
+
+async def test_a_session_no_get_asks_for_ends_and_a_v1_client_works_too():
+    """In process, with a 0.2 s window: a V1 client's object POSTed as the whole body, then silence:
+    the session ends (its channels leave), and its token gets a new session."""
+    from channels.layers import get_channel_layer
+    from channels.testing import HttpCommunicator
+
+    from pubsub.socket.consumer import PhoenixSocket
+    from pubsub.socket.longpoll import LongPoll
+
+    app = LongPoll(PhoenixSocket.as_asgi(idle_timeout=0), window=0.2)
+
+    async def request(method, query, body=b"", content_type=b"application/json"):
+        communicator = HttpCommunicator(
+            app, method, f"/socket/longpoll?{query}", body, [(b"content-type", content_type)]
+        )
+        response = await communicator.get_response(timeout=5)
+        assert response["status"] == 200
+        return json.loads(response["body"])
+
+    opened = await request("GET", "vsn=1.0.0")
+    token = opened["token"]
+    join = b'{"topic":"room:v1lp","event":"phx_join","payload":{},"ref":"1"}'
+    assert await request("POST", f"vsn=1.0.0&token={token}", join) == {"status": 200}
+    answer = await request("GET", f"vsn=1.0.0&token={token}")
+    assert answer["messages"] == [
+        '{"topic":"room:v1lp","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":"1"}'
+    ]
+    layer = get_channel_layer()
+    assert layer.local_members("room:v1lp") == 1
+    for _ in range(100):  # bounded: expiry 0.3 s, swept every 0.1 s
+        if not app.sessions:
+            break
+        await asyncio.sleep(0.05)
+    assert not app.sessions, "the session outlived its expiry"
+    for _ in range(100):
+        if layer.local_members("room:v1lp") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert layer.local_members("room:v1lp") == 0, "an ended session's channels leave"
+    again = await request("GET", f"vsn=1.0.0&token={token}")
+    assert again["status"] == 410 and again["token"] != token

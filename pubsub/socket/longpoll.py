@@ -7,7 +7,7 @@ frames go into its queue, what it sends waits in the session's buffer for the ne
 Phoenix's: the HTTP status is always 200 and the real one is the body's ``status`` (410: a new
 session, its ``token`` in the body; 200: ``messages``; 204: nothing within the window; 403: refused);
 a GET waits up to ``WINDOW`` seconds for a frame; a session no GET has asked for in
-``1.5 x WINDOW`` ends, as its socket would close.
+``EXPIRY`` windows ends, as its socket would close.
 
 Any node serves any request of a session: the signed token names the session's node and channel,
 and a node that does not hold the session passes the request to it over the backbone (a layer
@@ -34,7 +34,7 @@ __all__ = ["LongPoll", "WINDOW", "MAX_LINES"]
 logger = logging.getLogger("pubsub.socket.longpoll")
 
 WINDOW = 10.0  # seconds a GET waits for a frame (Phoenix's window_ms)
-EXPIRY = 1.5 * WINDOW  # no GET for this long: the session ends
+EXPIRY = 1.5  # in windows: no GET for this long and the session ends (Phoenix: 1.5 x window_ms)
 MAX_LINES = 100  # frames in one POST (phoenix.js sends at most 100)
 MAX_BODY = 8 * 1024 * 1024
 SALT = "dps.longpoll"
@@ -115,6 +115,7 @@ class LongPoll:
         self.origin_allowed = origin_allowed or (lambda scope: True)
         self.max_buffer = max_buffer
         self.window = window
+        self.expiry = EXPIRY * window
         self.sessions: dict[str, Session] = {}
         self._sweeper: asyncio.Task | None = None
 
@@ -212,12 +213,12 @@ class LongPoll:
             self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def _sweep(self) -> None:
-        """End the sessions no GET has asked for in EXPIRY seconds (their clients left)."""
+        """End the sessions no GET has asked for in expiry seconds (their clients left)."""
         while self.sessions:
-            await asyncio.sleep(min(5.0, EXPIRY / 3))
+            await asyncio.sleep(min(5.0, self.expiry / 3))
             now = time.monotonic()
             for channel, session in list(self.sessions.items()):
-                if session.closed or now - session.polled_at > EXPIRY:
+                if session.closed or now - session.polled_at > self.expiry:
                     session.end()
                     del self.sessions[channel]
 
