@@ -172,3 +172,36 @@ async def test_a_session_no_get_asks_for_ends_and_a_v1_client_works_too():
     assert layer.local_members("room:v1lp") == 0, "an ended session's channels leave"
     again = await request("GET", f"vsn=1.0.0&token={token}")
     assert again["status"] == 410 and again["token"] != token
+
+
+async def test_a_binary_push_uploaded_as_a_base64_line_reaches_websocket_subscribers():
+    import base64
+
+    from channels.testing import HttpCommunicator, WebsocketCommunicator
+
+    from pubsub.core import protocol
+    from pubsub.socket.consumer import PhoenixSocket
+    from pubsub.socket.longpoll import LongPoll
+
+    app = LongPoll(PhoenixSocket.as_asgi(idle_timeout=0), window=0.5)
+
+    async def request(method, query, body=b""):
+        headers = [(b"content-type", b"application/x-ndjson")]
+        response = await HttpCommunicator(app, method, f"/socket/longpoll?{query}", body, headers).get_response(
+            timeout=5
+        )
+        return json.loads(response["body"])
+
+    watcher = WebsocketCommunicator(PhoenixSocket.as_asgi(), "/socket/websocket?vsn=2.0.0")
+    assert (await watcher.connect(5))[0]
+    try:
+        await watcher.send_to(text_data='["1","1","room:lpbin","phx_join",{}]')
+        assert json.loads(await watcher.receive_from(5))[4]["status"] == "ok"
+        token = (await request("GET", "vsn=2.0.0"))["token"]
+        push = bytes([0, 1, 1, 10, 7]) + b"12room:lpbinpublish" + b"\x00\xff\x10"
+        lines = b'["1","1","room:lpbin","phx_join",{}]\n' + base64.b64encode(push)
+        assert await request("POST", f"vsn=2.0.0&token={token}", lines) == {"status": 200}
+        want = protocol.encode_binary_broadcast("room:lpbin", "publish", b"\x00\xff\x10")
+        assert await watcher.receive_output(5) == {"type": "websocket.send", "bytes": want}
+    finally:
+        await watcher.disconnect()
