@@ -39,13 +39,15 @@ class PhoenixSession:
 
     @classmethod
     async def start(cls, modules: Path, mount: str, topic: str, role: str, count: int) -> PhoenixSession:
+        return await cls.run(modules, SCRIPT.name, mount, topic, role, str(count))
+
+    @classmethod
+    async def run(cls, modules: Path, script: str, *args: str) -> PhoenixSession:
+        """Any script of tests/js/ that prints one JSON event a line."""
         process = await asyncio.create_subprocess_exec(
             "node",
-            str(SCRIPT),
-            mount,
-            topic,
-            role,
-            str(count),
+            str(SCRIPT.parent / script),
+            *args,
             env={**os.environ, "NODE_PATH": str(modules)},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -3,8 +3,6 @@ binary replies, pushes and broadcasts (kind byte, field lengths, fields, raw byt
 
 import asyncio
 import json
-import os
-from pathlib import Path
 
 import pytest
 import websockets
@@ -169,20 +167,12 @@ async def test_the_phoenix_client_pushes_an_arraybuffer_and_decodes_the_binary_b
     async with websockets.connect(daphne_node.url()) as watcher:
         await watcher.send('["1","1","room:js-bin","phx_join",{}]')
         assert json.loads(await watcher.recv())[4]["status"] == "ok"
-        process = await asyncio.create_subprocess_exec(
-            "node",
-            str(Path(__file__).parent / "js" / "phoenix_binary.js"),
-            f"ws://127.0.0.1:{daphne_node.port}/socket",
-            "room:js-bin",
-            env={**os.environ, "NODE_PATH": str(modules)},
-            stdout=asyncio.subprocess.PIPE,
+        client = await phoenix_js.PhoenixSession.run(
+            modules, "phoenix_binary.js", f"ws://127.0.0.1:{daphne_node.port}/socket", "room:js-bin"
         )
-        events = []
-        while not events or events[-1]["event"] not in ("done", "timeout"):
-            line = await asyncio.wait_for(process.stdout.readline(), 30)
-            assert line, f"the phoenix client exited early after {events}"
-            events.append(json.loads(line))
-        await asyncio.wait_for(process.wait(), 10)
+        await client.wait_for("done")
+        assert await asyncio.wait_for(client.process.wait(), 10) == 0
+        events = client.events
         assert {"event": "broadcast", "arraybuffer": True, "hex": data.hex()} in events, events
         assert {"event": "reply", "reply": {}} in events, events
         assert await asyncio.wait_for(watcher.recv(), TIMEOUT) == protocol.encode_binary_broadcast(

@@ -51,6 +51,27 @@ def say(browser, text):
     browser.find_element(By.CSS_SELECTOR, "#say button").click()
 
 
+def log_in_alice(browser, base):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{base}/chat/")  # -> the login page
+    browser.find_element(By.CSS_SELECTOR, "#login input[name=username]").send_keys("alice")
+    browser.find_element(By.CSS_SELECTOR, "#login input[name=password]").send_keys("alice-pass-1")
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    wait_until(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#rooms a"), "alice sees the rooms")
+
+
+def sign_up_bob(browser, base):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{base}/chat/login/")
+    browser.find_element(By.CSS_SELECTOR, "#signup input[name=username]").send_keys("bob")
+    browser.find_element(By.CSS_SELECTOR, "#signup input[name=password1]").send_keys("a-long-secret-42")
+    browser.find_element(By.CSS_SELECTOR, "#signup input[name=password2]").send_keys("a-long-secret-42")
+    browser.find_element(By.CSS_SELECTOR, "#signup button").click()
+    wait_until(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#rooms a"), "bob signed up")
+
+
 def test_two_users_chat_and_see_each_other_online(chat_cluster, browser_factory):
     from selenium.webdriver.common.by import By
 
@@ -58,20 +79,11 @@ def test_two_users_chat_and_see_each_other_online(chat_cluster, browser_factory)
     base_a = f"http://127.0.0.1:{chat_cluster.nodes['ws-a'].port}"
     base_b = f"http://127.0.0.1:{chat_cluster.nodes['ws-b'].port}"
 
-    alice.get(f"{base_a}/chat/")  # -> the login page
-    alice.find_element(By.CSS_SELECTOR, "#login input[name=username]").send_keys("alice")
-    alice.find_element(By.CSS_SELECTOR, "#login input[name=password]").send_keys("alice-pass-1")
-    alice.find_element(By.CSS_SELECTOR, "#login button").click()
-    wait_until(alice, lambda b: b.find_elements(By.CSS_SELECTOR, "#rooms a"), "alice sees the rooms")
+    log_in_alice(alice, base_a)
     alice.find_element(By.LINK_TEXT, "#lobby").click()
     wait_until(alice, lambda b: online(b) == {"alice"}, "alice sees herself online")
 
-    bob.get(f"{base_b}/chat/login/")
-    bob.find_element(By.CSS_SELECTOR, "#signup input[name=username]").send_keys("bob")
-    bob.find_element(By.CSS_SELECTOR, "#signup input[name=password1]").send_keys("a-long-secret-42")
-    bob.find_element(By.CSS_SELECTOR, "#signup input[name=password2]").send_keys("a-long-secret-42")
-    bob.find_element(By.CSS_SELECTOR, "#signup button").click()
-    wait_until(bob, lambda b: b.find_elements(By.CSS_SELECTOR, "#rooms a"), "bob signed up")
+    sign_up_bob(bob, base_b)
     bob.get(f"{base_b}/chat/lobby/")
 
     wait_until(bob, lambda b: online(b) == {"alice", "bob"}, "bob sees both online")
@@ -106,27 +118,17 @@ window.WebSocket = class {
 def test_a_browser_whose_websocket_cannot_connect_falls_back_to_long_polling(chat_cluster, browser_factory):
     """The chat page's phoenix.js (longPollFallbackMs, as a new Phoenix project) moves to LongPoll
     and chats with a websocket user on the other node: presence and messages both ways."""
-    from selenium.webdriver.common.by import By
 
     alice, bob = browser_factory(), browser_factory()
     bob.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": BROKEN_WEBSOCKET})
     base_a = f"http://127.0.0.1:{chat_cluster.nodes['ws-a'].port}"
     base_b = f"http://127.0.0.1:{chat_cluster.nodes['ws-b'].port}"
 
-    alice.get(f"{base_a}/chat/")
-    alice.find_element(By.CSS_SELECTOR, "#login input[name=username]").send_keys("alice")
-    alice.find_element(By.CSS_SELECTOR, "#login input[name=password]").send_keys("alice-pass-1")
-    alice.find_element(By.CSS_SELECTOR, "#login button").click()
-    wait_until(alice, lambda b: b.find_elements(By.CSS_SELECTOR, "#rooms a"), "alice sees the rooms")
+    log_in_alice(alice, base_a)
     alice.get(f"{base_a}/chat/lobby/")
     wait_until(alice, lambda b: online(b) == {"alice"}, "alice sees herself online")
 
-    bob.get(f"{base_b}/chat/login/")
-    bob.find_element(By.CSS_SELECTOR, "#signup input[name=username]").send_keys("bob")
-    bob.find_element(By.CSS_SELECTOR, "#signup input[name=password1]").send_keys("a-long-secret-42")
-    bob.find_element(By.CSS_SELECTOR, "#signup input[name=password2]").send_keys("a-long-secret-42")
-    bob.find_element(By.CSS_SELECTOR, "#signup button").click()
-    wait_until(bob, lambda b: b.find_elements(By.CSS_SELECTOR, "#rooms a"), "bob signed up")
+    sign_up_bob(bob, base_b)
     bob.get(f"{base_b}/chat/lobby/")
 
     wait_until(bob, lambda b: online(b) == {"alice", "bob"}, "bob, on long polling, sees both online")

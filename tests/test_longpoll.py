@@ -3,8 +3,6 @@ session served by either of two nodes, and bad requests answered with Phoenix's 
 
 import asyncio
 import json
-import os
-from pathlib import Path
 
 import pytest
 import requests
@@ -55,29 +53,17 @@ async def test_the_phoenix_clients_longpoll_transport_joins_publishes_and_receiv
     async with websockets.connect(daphne_node.url()) as ws:
         await ws.send('["1","1","topics:matrix","phx_join",{}]')
         assert json.loads(await ws.recv())[4]["status"] == "ok"
-        process = await asyncio.create_subprocess_exec(
-            "node",
-            str(Path(__file__).parent / "js" / "phoenix_longpoll.js"),
-            f"ws://{HOST}:{daphne_node.port}/socket",
-            "topics:matrix",
-            "2",
-            env={**os.environ, "NODE_PATH": str(modules)},
-            stdout=asyncio.subprocess.PIPE,
+        client = await phoenix_js.PhoenixSession.run(
+            modules, "phoenix_longpoll.js", f"ws://{HOST}:{daphne_node.port}/socket", "topics:matrix", "2"
         )
-        events = []
-        while not events or events[-1]["event"] != "joined":
-            line = await asyncio.wait_for(process.stdout.readline(), 30)
-            assert line, f"the phoenix client exited early after {events}"
-            events.append(json.loads(line))
-        assert events[-1]["transport"] == "LongPoll"
+        assert (await client.wait_for("joined"))["transport"] == "LongPoll"
         frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
         assert frame == ["1", None, "topics:matrix", "event", {"message": "over long-poll"}]
         await ws.send(SEED_PUBLISH)  # and a websocket's publish reaches the long-poll client
-        while events[-1]["event"] != "broadcast" or len([e for e in events if e["event"] == "broadcast"]) < 2:
-            line = await asyncio.wait_for(process.stdout.readline(), 30)
-            assert line, f"the phoenix client exited early after {events}"
-            events.append(json.loads(line))
-        assert await asyncio.wait_for(process.wait(), 10) == 0
+        await client.wait_for("broadcast")
+        await client.wait_for("broadcast")
+        assert await asyncio.wait_for(client.process.wait(), 10) == 0
+        events = client.events
         broadcasts = [e["payload"] for e in events if e["event"] == "broadcast"]
         assert broadcasts == [{"message": "over long-poll"}, {"message": "red pill or blue pill?"}]
 
