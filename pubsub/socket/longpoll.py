@@ -11,7 +11,7 @@ a GET waits up to ``WINDOW`` seconds for a frame; a session no GET has asked for
 
 Any node serves any request of a session: the signed token names the session's node and channel,
 and a node that does not hold the session passes the request to it over the backbone (a layer
-message to the session's channel, the answer on a reply key), so a plain round-robin balancer works.
+message to the session's channel, the answer to a channel of the asking node), so a plain round-robin balancer works.
 """
 
 from __future__ import annotations
@@ -169,18 +169,24 @@ class LongPoll:
             return await self._serve(session, request)
         if layer is None or not hasattr(layer, "transport") or layer.node_of(channel) in (None, layer.node):
             return {"status": 410}  # gone (ended, or its node restarted)
-        key = f"dps:reply:lp:{secrets.token_hex(8)}"
+        # The answer comes back to a channel of this node, through its stream like any send: a
+        # waiting poll holds no Redis connection.
+        reply_to = await layer.new_channel("dps.lpr.")
         try:
-            await layer.send(channel, {"type": "lp.request", "reply": key, **request})
-            answer = await layer.transport.take_reply(key, FORWARD_TIMEOUT)
+            await layer.send(channel, {"type": "lp.request", "reply_to": reply_to, **request})
+            answer = await asyncio.wait_for(layer.receive(reply_to), FORWARD_TIMEOUT)
         except TransportError as exc:
             logger.warning("long-poll request for %s failed: %s", channel, exc)
             return {"status": 500}
-        return orjson.loads(answer) if answer else {"status": 410}
+        except TimeoutError:
+            return {"status": 410}  # its node did not answer: gone (the client opens a new session)
+        finally:
+            layer.discard_channel(reply_to)
+        return answer["answer"]
 
     async def _serve(self, session: Session, request: dict) -> dict:
         if session.closed:
-            self.sessions.pop(session.channel, None)
+            self._forget(session)
             return {"status": 410}
         if request["op"] == "send":
             session.post([_decoded(frame) for frame in request["frames"]])
@@ -204,7 +210,7 @@ class LongPoll:
     async def _answer_remote(self, layer, session: Session, message: dict) -> None:
         answer = await self._serve(session, message)
         try:
-            await layer.transport.put_reply(message["reply"], orjson.dumps(answer), FORWARD_TIMEOUT)
+            await layer.send(message["reply_to"], {"type": "lp.answer", "answer": answer})
         except TransportError as exc:
             logger.warning("answering a forwarded long-poll request failed: %s", exc)
 
@@ -217,10 +223,21 @@ class LongPoll:
         while self.sessions:
             await asyncio.sleep(min(5.0, self.expiry / 3))
             now = time.monotonic()
-            for channel, session in list(self.sessions.items()):
+            for session in list(self.sessions.values()):
                 if session.closed or now - session.polled_at > self.expiry:
                     session.end()
-                    del self.sessions[channel]
+                    self._forget(session)
+
+    def _forget(self, session: Session) -> None:
+        """An ended session: its entry, its relay of forwarded requests and its layer channel go."""
+        if self.sessions.pop(session.channel, None) is None:
+            return
+        relay = getattr(session, "relay", None)
+        if relay is not None:
+            relay.cancel()
+        layer = get_channel_layer()
+        if layer is not None and hasattr(layer, "discard_channel"):
+            layer.discard_channel(session.channel)
 
     async def _preflight(self, scope, send) -> None:
         asked = _header(scope, b"access-control-request-headers") or ""
