@@ -345,10 +345,17 @@ async def test_runcluster_runs_two_node_processes_on_one_port():
     sockets = []
     try:
         await cluster.wait_for_line("cluster up", CLUSTER_START_TIMEOUT)
+        client = redis.Redis(host=HOST, port=redis_port)
+        # "cluster up" means settled: every node follows the ring generation every topic server acked
+        # (a join on a node ahead of an old owner could miss a message, as this test once saw).
+        generation = int(client.hget("dps:ring", "generation"))
+        acks = {k.decode(): int(v) for k, v in client.hgetall("dps:ring:acks").items()}
+        assert acks == {"ts-1": generation, "ts-2": generation}, (generation, acks)
+        for name in ("ws-a", "ws-b"):
+            assert json.loads(client.get(f"dps:snapshot:node:{{{name}}}"))["generation"] == generation
         url = f"ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0"
         await seed_session(url, url)
         sockets = await asyncio.gather(*(websockets.connect(url) for _ in range(40)))
-        client = redis.Redis(host=HOST, port=redis_port)
         deadline = time.monotonic() + 15
         while True:  # each node reports its open connections in its snapshot, about once a second
             counts = {

@@ -62,6 +62,7 @@ class NodeLiveness:
         return {
             "name": self.node,
             "started_at": self.started_at,
+            "generation": self.generation,  # the ring generation it follows (runcluster waits for every node's)
             "at": time.time(),
             "stats": stats,
             "connections": stats.get("connections_opened", 0) - stats.get("connections_closed", 0),

@@ -18,7 +18,7 @@ import orjson
 import redis
 
 from pubsub.transport.redis_clients import sync_client
-from pubsub.transport.redis_keys import GENERATION_ACKS_KEY, REGISTRY_KEYS, RING_KEY
+from pubsub.transport.redis_keys import GENERATION_ACKS_KEY, REGISTRY_KEYS, RING_KEY, snapshot_key
 
 from .chaos import FREEZE, KILL, Fault
 
@@ -70,6 +70,10 @@ class RecoveryProbe:
                 else:
                     acks = {k.decode(): int(v) for k, v in client.hgetall(GENERATION_ACKS_KEY).items()}
                     late = [name for name in self.topic_servers if acks.get(name) != self.generation]
+                    for name in self.nodes:  # nodes report the generation they follow in their snapshot
+                        snapshot = client.get(snapshot_key("node", name))
+                        if not snapshot or orjson.loads(snapshot).get("generation") != self.generation:
+                            late.append(name)
                     if late:
                         lacking.append(f"{','.join(late)} adopting ring generation {self.generation}")
             return lacking

@@ -33,7 +33,7 @@ from pubsub.layer import NODE_NAME_PATTERN
 from pubsub.transport.redis_clients import is_cluster
 from topicserver.localcluster.chaos import Targets, faults, schedule
 from topicserver.localcluster.chaos_runner import ChaosRunner, RecoveryProbe
-from topicserver.localcluster.children import STOP_TIMEOUT, Child, Children
+from topicserver.localcluster.children import NODE_START_TIMEOUT, STOP_TIMEOUT, Child, Children
 from topicserver.localcluster.local_redis import LocalRedis
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -208,6 +208,8 @@ class Command(LocalRedis, Children, BaseCommand):
                     self._wait_for_node(name, redis_url, launched)
                 else:
                     self._wait_for_port(name, host, port)
+            if ring == "live" and not self.stopping.is_set():
+                self._wait_for_ring(redis_url, servers, [name for name, _ in node_ports], launched)
             if not self.stopping.is_set():
                 self._say(f"cluster up: nodes {', '.join(f'{n} ws://{host}:{p}' for n, p in node_ports)}; Ctrl-C stops")
             if chaos is not None and not self.stopping.is_set():
@@ -229,6 +231,18 @@ class Command(LocalRedis, Children, BaseCommand):
             self._stop_all()
             for cleanup in self.cleanups:
                 cleanup()
+
+    def _wait_for_ring(self, redis_url, servers, nodes, launched) -> None:
+        """ "cluster up" means settled: one ring of every topic server, adopted by each of them and by
+        every node (a client joining while processes still adopt it could meet two owners)."""
+        probe = RecoveryProbe(redis_url, servers, nodes, live_ring=True)
+        deadline = time.monotonic() + NODE_START_TIMEOUT
+        while (lacking := probe.missing(launched)) and not self.stopping.is_set():
+            if time.monotonic() > deadline:
+                raise CommandError(
+                    f"the cluster did not settle within {NODE_START_TIMEOUT:.0f} s: it lacks {'; '.join(lacking)}"
+                )
+            time.sleep(0.1)
 
     def _chaos(self, seed, duration, redis_url, servers, node_ports, host, ring) -> ChaosRunner:
         redis_names = tuple(child.name for child in self.children if child.kind == "redis")
