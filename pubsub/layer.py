@@ -135,6 +135,7 @@ class TopicRingLayer(
         self._identity_of: dict[str, str] = {}
         self._groups: dict[str, set[str]] = {}
         self._last_seq: dict[str, int] = {}
+        self._first_tips: dict[str, int] = {}  # a topic's number when this node first subscribed (node/history.py)
         self._owner_generations: dict[str, int] = {}  # topic -> newest generation that numbered it
         self._announcements: dict[str, asyncio.Future] = {}
         self._tasks: list[asyncio.Task] = []

@@ -50,10 +50,14 @@ class NodeHistory:
         """The owner numbered up to tip when it took this node's sub. A node behind it was taken for
         dead (frozen, cut off) while messages were numbered: fill them in now, since no later message
         may come to show the gap. Not filled (history off or gone): the next message counts the gap.
-        With no message seen yet there is no position to be behind (what came before the sub came
-        before its members joined, or is still on its way from the previous owner)."""
-        last = self._last_seq.get(topic)
-        if last is not None and tip > last and topic in self._groups:
+        Behind what: the last message this node delivered for the topic, or, before any, the tip of
+        its first sub (what was numbered before that came before its members joined)."""
+        if topic not in self._groups:
+            return
+        last = self._last_seq.get(topic, self._first_tips.get(topic))
+        if last is None:
+            self._first_tips[topic] = tip
+        elif tip > last:
             await self._fill_gap(topic, last, tip + 1)
 
     def _unrecoverable_gap(self, topic: str) -> None:

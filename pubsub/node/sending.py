@@ -136,6 +136,7 @@ class Sending:
         if not members:
             del self._groups[group]
             self._last_seq.pop(group, None)
+            self._first_tips.pop(group, None)
             self._owner_generations.pop(group, None)
             self._forget_replica(group)
             await asyncio.shield(self._announce("unsub", group))
