@@ -191,3 +191,70 @@ async def test_a_binary_push_uploaded_as_a_base64_line_reaches_websocket_subscri
         assert await watcher.receive_output(5) == {"type": "websocket.send", "bytes": want}
     finally:
         await watcher.disconnect()
+
+
+async def test_two_hundred_long_poll_clients_at_once_over_two_nodes(cluster_factory):
+    """Default settings, requests spread over both nodes: 200 sessions join one topic at once, a
+    quarter of them vanish with a GET half-read; one websocket publish reaches every one that stays."""
+    import socket as sockets_module
+    from concurrent.futures import ThreadPoolExecutor
+
+    cluster = cluster_factory()
+    nodes = [cluster.nodes["ws-a"], cluster.nodes["ws-b"]]
+    topic = "room:many-lp"
+
+    def open_and_join(index):
+        node, other = nodes[index % 2], nodes[(index + 1) % 2]
+        token = get(longpoll(node))["token"]
+        assert post(longpoll(other, f"vsn=2.0.0&token={token}"), [f'["1","1","{topic}","phx_join",{{}}]']) == {
+            "status": 200
+        }
+        poll_until(longpoll(node), '"phx_reply"', token)
+        return index, token
+
+    def vanish(index, token):
+        """A GET whose client goes away without reading the answer (a closed tab mid-poll)."""
+        raw = sockets_module.create_connection((HOST, nodes[index % 2].port))
+        raw.sendall(f"GET /socket/longpoll?vsn=2.0.0&token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        raw.close()
+
+    with ThreadPoolExecutor(32) as pool:
+        sessions = list(pool.map(open_and_join, range(200)))
+        gone = [s for s in sessions if s[0] % 4 == 0]
+        list(pool.map(lambda s: vanish(*s), gone))
+        staying = [s for s in sessions if s[0] % 4]
+        async with websockets.connect(nodes[0].url()) as ws:
+            await ws.send(f'["1","1","{topic}","phx_join",{{}}]')
+            assert json.loads(await ws.recv())[4]["status"] == "ok"
+            await ws.send(f'["1","2","{topic}","publish",["event",{{"n":1}}]]')
+            want = f'["1",null,"{topic}","event",{{"n":1}}]'
+            polls = lambda: list(pool.map(lambda s: poll_until(longpoll(nodes[(s[0] + 1) % 2]), want, s[1]), staying))  # noqa: E731
+            got = await asyncio.to_thread(polls)
+    assert all(want in frames for frames in got), "every staying long-poll client got the broadcast"
+    for node in nodes:
+        assert "Traceback" not in node.output(), node.output()[-3000:]
+
+
+async def test_a_long_poll_session_whose_node_freezes_past_the_ttl_gets_what_it_missed(cluster_factory):
+    """ws-a, holding the session, is frozen (SIGSTOP) for 2.5 TTLs while a websocket on ws-b
+    publishes; once it resumes (SIGCONT) the session's next polls bring the message, once."""
+    ttl = 2.0
+    cluster = cluster_factory(DPS_LIVENESS_TTL=str(ttl))
+    a, b = cluster.nodes["ws-a"], cluster.nodes["ws-b"]
+    topic = "room:lp-frozen"
+    token = (await asyncio.to_thread(get, longpoll(a)))["token"]
+    await asyncio.to_thread(post, longpoll(a, f"vsn=2.0.0&token={token}"), [f'["1","1","{topic}","phx_join",{{}}]'])
+    await asyncio.to_thread(poll_until, longpoll(a), '"phx_reply"', token)
+    async with websockets.connect(b.url()) as ws:
+        await ws.send(f'["1","1","{topic}","phx_join",{{}}]')
+        assert json.loads(await ws.recv())[4]["status"] == "ok"
+        a.freeze()
+        try:
+            await asyncio.sleep(2.5 * ttl)  # the freeze itself: past the TTL, the owners drop ws-a
+            await ws.send(f'["1","2","{topic}","publish",["event",{{"while":"frozen"}}]]')
+            await asyncio.wait_for(ws.recv(), TIMEOUT)  # accepted (its ok reply or broadcast)
+        finally:
+            a.resume()
+    want = f'["1",null,"{topic}","event",{{"while":"frozen"}}]'
+    frames = await asyncio.to_thread(poll_until, longpoll(a), want, token)
+    assert frames.count(want) == 1, frames
