@@ -62,6 +62,7 @@ class Session:
         self.opened = asyncio.get_running_loop().create_future()
         self.closed = False
         self.polled_at = time.monotonic()
+        self.relay: asyncio.Task | None = None  # its requests that reached other nodes (LongPoll._serve_remote)
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.inbox.put_nowait({"type": "websocket.connect"})
         self.task = asyncio.ensure_future(socket_app(scope, self.inbox.get, self._send))
@@ -145,9 +146,9 @@ class LongPoll:
             answer = await self._request(layer, where, {"op": "poll"})
             if answer["status"] != 410:
                 return await _respond(send, answer)
-        return await _respond(send, await self._open(scope, layer, where is not None or token is not None))
+        return await _respond(send, await self._open(scope, layer))
 
-    async def _open(self, scope: dict, layer, had_token: bool) -> dict:
+    async def _open(self, scope: dict, layer) -> dict:
         """A new session on this node: its consumer connects as a websocket would (vsn, auth, origin)."""
         if not self.origin_allowed(scope):
             return {"status": 403}
@@ -232,9 +233,8 @@ class LongPoll:
         """An ended session: its entry, its relay of forwarded requests and its layer channel go."""
         if self.sessions.pop(session.channel, None) is None:
             return
-        relay = getattr(session, "relay", None)
-        if relay is not None:
-            relay.cancel()
+        if session.relay is not None:
+            session.relay.cancel()
         layer = get_channel_layer()
         if layer is not None and hasattr(layer, "discard_channel"):
             layer.discard_channel(session.channel)
